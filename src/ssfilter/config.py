@@ -1,0 +1,362 @@
+"""Configuration dataclasses, named presets and YAML round-tripping.
+
+A :class:`Config` fully describes a run: data preprocessing, model, optimisation and the SSFilter
+filter. Every saved model carries its config (``config.yaml``), so a run folder can be rebuilt
+without the command line that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "CONFIG_VERSION",
+    "PRESETS",
+    "Config",
+    "DataConfig",
+    "FilterConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "get_preset",
+    "load_config",
+    "save_config",
+]
+
+#: Version of the on-disk config schema; bumped on incompatible changes.
+CONFIG_VERSION = 1
+
+
+@dataclass
+class DataConfig:
+    """Image preprocessing and loading.
+
+    Attributes:
+        resize: Side of the square resize applied first (paper: 448).
+        crop: Side of the centre crop after resizing (paper: 392). Must be a multiple of the
+            encoder's patch size for ViTs.
+        batch_size: Training batch size (paper: 32, drop_last).
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        eval_size: Side at which maps and masks are compared for metrics (paper: 256).
+    """
+
+    resize: int = 448
+    crop: int = 392
+    batch_size: int = 32
+    num_workers: int = 0
+    eval_size: int = 256
+
+
+@dataclass
+class ModelConfig:
+    """Encoder, bottleneck and decoder.
+
+    Attributes:
+        backbone: Encoder name (see :data:`ssfilter.models.encoders.BACKBONES`).
+        weights: Optional local weights file for the encoder.
+        attention: ``"mlla"`` (paper) or ``"linear"`` (plain Dinomaly linear attention, Table 4 row 1).
+        decoder_depth: Number of decoder blocks (paper: 8).
+        decoder_dim: Decoder width; ``None`` means the encoder's natural width.
+        decoder_heads: Attention heads; ``None`` means the encoder's default.
+        mlp_ratio: Decoder MLP hidden ratio (paper: 1.0).
+        dropout: Bottleneck dropout probability (paper: 0.2).
+        ln_eps: LayerNorm epsilon of decoder blocks (paper: 1e-8).
+    """
+
+    backbone: str = "dinov2_vits14_reg"
+    weights: str | None = None
+    attention: str = "mlla"
+    decoder_depth: int = 8
+    decoder_dim: int | None = None
+    decoder_heads: int | None = None
+    mlp_ratio: float = 1.0
+    dropout: float = 0.2
+    ln_eps: float = 1e-8
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping.
+
+    Attributes:
+        method: ``"ssfilter"`` (in-batch filter) or ``"dinomaly"`` (plain baseline).
+        iters: Training iterations (paper: 1000 for MVTec-size data).
+        lr: Peak learning rate (paper: 2e-3).
+        final_lr: Learning rate at the last iteration of the cosine decay (paper: 2e-4).
+        warmup_iters: Linear warm-up length (paper: 100).
+        weight_decay: StableAdamW decoupled weight decay (paper: 1e-4).
+        grad_clip: Gradient-norm clipping (paper: 0.1).
+        hard_mining_max: Final hard-mining ratio p of the loss (paper: 0.9).
+        hard_mining_ramp: Iterations over which p ramps linearly from 0 (paper: 1000).
+        hard_mining_factor: Gradient factor of the easy positions (paper: 0.1).
+        seed: Random seed for everything.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        amp: Use bf16 autocast on CUDA.
+        checkpoint_every: Iterations between checkpoints (the last iteration is always saved).
+        log_every: Iterations between progress-bar updates of the postfix.
+    """
+
+    method: str = "ssfilter"
+    iters: int = 1000
+    lr: float = 2e-3
+    final_lr: float = 2e-4
+    warmup_iters: int = 100
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+    hard_mining_max: float = 0.9
+    hard_mining_ramp: int = 1000
+    hard_mining_factor: float = 0.1
+    seed: int = 1
+    device: str = "auto"
+    amp: bool = True
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+
+@dataclass
+class FilterConfig:
+    """SSFilter's in-batch filter and restoration (paper §3.2-3.6).
+
+    Attributes:
+        patch_scoring: Use patch comparison scores A (Table 4 "PScoring").
+        uncertainty: Use MC-dropout uncertainty U (Table 4 "UScoring").
+        urecall: Recall upper-half samples with low uncertainty (Table 4 "URecall", Eq. 7 term 2).
+        restoring: Train on synthetic anomalies built from the material bank (Table 4 "Restoring").
+        cold_start_iters: Iterations ranked by A alone (paper: 1000).
+        mc_passes: Dropout passes K for uncertainty (paper: 10).
+        tau: Material-candidate threshold in units of sigma_1 (paper: 8).
+        patch_topk_ratio: Share of other patches averaged per patch score (paper: 0.001).
+        image_topk_ratio: Share of top patches / pixels averaged per image score (paper: 0.01).
+        keep_ratio: Share of the batch ranked as "lower half" (paper: 0.5).
+        material_max_ratio: T_p factor of the map's maximum (paper: 0.8).
+        material_percentile: T_p percentile cap (paper: 99).
+        materials_min: Materials pasted per synthetic image at the start of training.
+        materials_max: Materials pasted per synthetic image at the end of training (paper: 5).
+        block_rows: Row-block size of the patch similarity computation (memory bound).
+        epochs: Dataset-level filter epochs kappa_1 (paper: 20).
+        min_keep: Dataset-level filter threshold kappa_2 (paper: 5).
+    """
+
+    patch_scoring: bool = True
+    uncertainty: bool = True
+    urecall: bool = True
+    restoring: bool = True
+    cold_start_iters: int = 1000
+    mc_passes: int = 10
+    tau: float = 8.0
+    patch_topk_ratio: float = 0.001
+    image_topk_ratio: float = 0.01
+    keep_ratio: float = 0.5
+    material_max_ratio: float = 0.8
+    material_percentile: float = 99.0
+    materials_min: int = 1
+    materials_max: int = 5
+    block_rows: int = 4096
+    epochs: int = 20
+    min_keep: int = 5
+
+
+@dataclass
+class Config:
+    """A complete run description."""
+
+    preset: str = "paper-448-392"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    version: int = CONFIG_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        """Build a config from a nested dict, rejecting unknown keys with a clear message."""
+        raw = dict(raw)
+        version = int(raw.pop("version", CONFIG_VERSION))
+        if version > CONFIG_VERSION:
+            raise ValueError(
+                f"config version {version} is newer than this ssfilter understands ({CONFIG_VERSION}); "
+                "upgrade ssfilter to load it"
+            )
+        sections = {f.name: f.type for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in sections:
+                raise ValueError(f"unknown config section {key!r}; known: {sorted(sections)}")
+            if key in _SECTION_TYPES:
+                kwargs[key] = _section_from_dict(_SECTION_TYPES[key], value or {}, key)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    def copy(self) -> Config:
+        """Deep copy."""
+        return Config.from_dict(self.to_dict())
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "filter": FilterConfig,
+}
+
+
+def _section_from_dict(kind: type, raw: dict[str, Any], name: str) -> Any:
+    known = {f.name: f for f in fields(kind)}
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ValueError(f"unknown key(s) in config section {name!r}: {sorted(unknown)}; known: {sorted(known)}")
+    return kind(**raw)
+
+
+def _preset_paper_448_392() -> Config:
+    return Config(preset="paper-448-392")
+
+
+def _preset_paper_256_224() -> Config:
+    cfg = Config(preset="paper-256-224")
+    cfg.data.resize, cfg.data.crop = 256, 224
+    return cfg
+
+
+def _preset_cpu_fast() -> Config:
+    """Small enough to train on 2 CPU cores in minutes (MobileNetV2 or tiny ViT)."""
+    cfg = Config(preset="cpu-fast")
+    cfg.data.resize, cfg.data.crop = 256, 224
+    cfg.data.batch_size = 16
+    cfg.model.backbone = "mobilenet_v2"
+    cfg.model.decoder_dim = 192
+    cfg.model.decoder_heads = 4
+    cfg.train.iters = 300
+    cfg.train.warmup_iters = 30
+    cfg.train.hard_mining_ramp = 300
+    cfg.train.checkpoint_every = 50
+    cfg.filter.cold_start_iters = 150
+    cfg.filter.mc_passes = 6
+    return cfg
+
+
+PRESETS = {
+    "paper-448-392": _preset_paper_448_392,
+    "paper-256-224": _preset_paper_256_224,
+    "cpu-fast": _preset_cpu_fast,
+}
+
+
+def get_preset(name: str) -> Config:
+    """Return a fresh config for a named preset.
+
+    Raises:
+        ValueError: if the preset is unknown.
+    """
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def _coerce(value: str, target: Any) -> Any:
+    """Parse a string override into the type of the current value."""
+    if isinstance(target, bool):
+        low = value.strip().lower()
+        if low in {"1", "true", "yes", "on"}:
+            return True
+        if low in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    if isinstance(target, int):
+        return int(value)
+    if isinstance(target, float):
+        return float(value)
+    parsed = yaml.safe_load(value)
+    return None if parsed in ("null", "None") else parsed
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
+    """Apply ``section.key=value`` overrides (CLI ``--set``) or a nested/flat dict.
+
+    Args:
+        cfg: Config to modify in place.
+        overrides: ``["train.iters=50", ...]`` or ``{"train.iters": 50}``.
+
+    Returns:
+        The same config, for chaining.
+
+    Raises:
+        ValueError: for malformed overrides or unknown keys.
+    """
+    items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
+    for dotted, value in items:
+        section, _, key = dotted.partition(".")
+        if section not in _SECTION_TYPES or not key:
+            raise ValueError(f"override {dotted!r} must look like section.key with section in {sorted(_SECTION_TYPES)}")
+        obj = getattr(cfg, section)
+        if key not in {f.name for f in fields(obj)}:
+            known = sorted(f.name for f in fields(obj))
+            raise ValueError(f"unknown config key {dotted!r}; known in {section!r}: {known}")
+        current = getattr(obj, key)
+        if isinstance(value, str) and current is not None and not isinstance(current, str):
+            value = _coerce(value, current)
+        elif isinstance(value, str) and current is None:
+            value = _coerce(value, None)
+        setattr(obj, key, value)
+    return cfg
+
+
+def _split(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like section.key=value")
+    key, _, value = item.partition("=")
+    return key.strip(), value.strip()
+
+
+def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write ``cfg`` as YAML atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Load a YAML config (safe loader); missing keys take their defaults.
+
+    A file may also name a ``preset`` and only list the keys that differ from it.
+    """
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level of the config")
+    preset = raw.get("preset")
+    if preset is not None and preset in PRESETS:
+        base = get_preset(preset).to_dict()
+        for key, value in raw.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key].update(value)
+            else:
+                base[key] = value
+        raw = base
+    return Config.from_dict(raw)
+
+
+def replace(cfg: Config, **sections: Any) -> Config:
+    """Return a copy of ``cfg`` with whole sections replaced (helper for tests and the API)."""
+    return dataclasses.replace(cfg.copy(), **sections)
