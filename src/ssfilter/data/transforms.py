@@ -1,0 +1,143 @@
+"""Preprocessing presets for images and ground-truth masks (SPEC §1 "Transforms").
+
+Images: ``Resize((resize, resize))`` (bilinear, antialiased) -> ``CenterCrop(crop)`` -> tensor in [0, 1] ->
+``Normalize(mean, std)``. Masks follow the same geometry: resized bilinearly as an 8-bit image, centre-cropped
+and binarised with ``> 0``, the Dinomaly-compatible recipe, so a thin defect is never lost by downsampling.
+
+All callables returned here are plain picklable objects (no lambdas), so datasets using them work with
+``DataLoader(num_workers > 0)`` under every multiprocessing start method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MaskTransform",
+    "build_image_transform",
+    "build_mask_transform",
+    "denormalize",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+"""Per-channel mean of ImageNet, used by DINOv2 and most pretrained encoders."""
+
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+"""Per-channel standard deviation of ImageNet."""
+
+
+def _check_sizes(resize: int, crop: int) -> None:
+    """Reject sizes that would silently pad or produce empty tensors."""
+    if resize <= 0 or crop <= 0:
+        raise ValueError(f"resize and crop must be positive, got resize={resize}, crop={crop}")
+    if crop > resize:
+        raise ValueError(
+            f"crop ({crop}) must not exceed resize ({resize}); the centre crop would pad with zeros"
+        )
+
+
+def build_image_transform(
+    resize: int,
+    crop: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Callable[[Image.Image], torch.Tensor]:
+    """Build the image preprocessing pipeline.
+
+    Args:
+        resize: Side of the square resize (paper: 448).
+        crop: Side of the centre crop (paper: 392).
+        mean: Normalisation mean per channel.
+        std: Normalisation standard deviation per channel.
+
+    Returns:
+        A callable mapping an RGB PIL image to a float tensor ``[3, crop, crop]``.
+    """
+    _check_sizes(resize, crop)
+    return T.Compose(
+        [
+            T.Resize((resize, resize), interpolation=InterpolationMode.BILINEAR, antialias=True),
+            T.CenterCrop(crop),
+            T.ToTensor(),
+            T.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
+
+
+class MaskTransform:
+    """Resize, crop and binarise a boolean mask like its image (see :func:`build_mask_transform`).
+
+    Args:
+        resize: Side of the square resize.
+        crop: Side of the centre crop.
+    """
+
+    def __init__(self, resize: int, crop: int) -> None:
+        _check_sizes(resize, crop)
+        self.resize = resize
+        self.crop = crop
+        self._geometry = T.Compose(
+            [
+                T.Resize((resize, resize), interpolation=InterpolationMode.BILINEAR, antialias=True),
+                T.CenterCrop(crop),
+            ]
+        )
+
+    def __call__(self, mask: np.ndarray) -> torch.Tensor:
+        """Map an ``(H, W)`` mask (non-zero = defect) to a ``[1, crop, crop]`` float tensor in {0, 1}."""
+        array = np.asarray(mask)
+        if array.ndim != 2:
+            raise ValueError(f"mask must be 2-D (H, W), got shape {array.shape}")
+        image = Image.fromarray(np.where(array > 0, 255, 0).astype(np.uint8))  # 2-D uint8 -> "L"
+        resized = np.asarray(self._geometry(image))
+        return torch.from_numpy(resized > 0).to(torch.float32).unsqueeze(0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(resize={self.resize}, crop={self.crop})"
+
+
+def build_mask_transform(resize: int, crop: int) -> Callable[[np.ndarray], torch.Tensor]:
+    """Build the mask preprocessing pipeline matching :func:`build_image_transform`'s geometry.
+
+    Bilinear resizing followed by ``> 0`` slightly dilates the mask boundary rather than dropping thin
+    defects, matching Dinomaly's evaluation masks.
+
+    Args:
+        resize: Side of the square resize.
+        crop: Side of the centre crop.
+
+    Returns:
+        A callable mapping an ``(H, W)`` mask to a float tensor ``[1, crop, crop]`` with values in {0, 1}.
+    """
+    return MaskTransform(resize, crop)
+
+
+def denormalize(
+    tensor: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Undo ``Normalize(mean, std)``: the image in [0, 1] (clamped), for pasting materials and overlays.
+
+    Args:
+        tensor: Normalised image ``[C, H, W]`` or batch ``[B, C, H, W]``.
+        mean: The mean used for normalisation.
+        std: The standard deviation used for normalisation.
+
+    Returns:
+        A new tensor of the same shape with values in [0, 1]; the input is not modified.
+    """
+    if tensor.ndim not in (3, 4):
+        raise ValueError(f"expected [C, H, W] or [B, C, H, W], got shape {tuple(tensor.shape)}")
+    dtype = tensor.dtype if tensor.is_floating_point() else torch.float32
+    m = torch.as_tensor(mean, dtype=dtype, device=tensor.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=dtype, device=tensor.device).view(-1, 1, 1)
+    return (tensor.to(dtype) * s + m).clamp(0.0, 1.0)

@@ -1,0 +1,97 @@
+"""Shared fixtures: a small synthetic MVTec-layout category and a folder of awkward / broken image files."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssfilter.data.synthetic import make_synthetic_category
+
+# Names written by ``bad_images_dir`` (tests refer to them directly).
+GOOD = "good.png"
+EMPTY = "empty.png"
+TRUNCATED = "truncated.jpg"
+TEXT_AS_JPG = "not_an_image.jpg"
+GRAY = "gray.png"
+GRAY16 = "gray16.png"
+PALETTE = "palette.png"
+RGBA = "rgba.png"
+CMYK = "cmyk.jpg"
+EXIF_ROTATED = "exif_rotated.jpg"
+TINY = "tiny.png"
+NON_ASCII = "défaut café 01.png"
+LOOP = "loop"
+
+#: 16-bit test values; read_image must give 0, 1, 128, 255 (scaled by 255/65535, rounded).
+GRAY16_VALUES = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+
+
+@pytest.fixture(scope="session")
+def synthetic_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic object category in the MVTec layout (64 px; 8 train, 3 good + 6 defective test).
+
+    Session-scoped and shared: tests must not modify it (copy it with ``shutil.copytree`` first).
+    """
+    root = tmp_path_factory.mktemp("synthetic") / "widget"
+    return make_synthetic_category(
+        root, kind="object", n_train_good=8, n_test_good=3, n_test_defect=6, size=64
+    )
+
+
+@pytest.fixture
+def bad_images_dir(tmp_path: Path) -> Path:
+    """A folder of good, odd and broken image files, generated on the fly.
+
+    Files: ``good.png`` (48x40 RGB), ``empty.png`` (0 bytes), ``truncated.jpg`` (first half of a JPEG),
+    ``not_an_image.jpg`` (text), ``gray.png`` (L), ``gray16.png`` (I;16, values ``GRAY16_VALUES``),
+    ``palette.png`` (P), ``rgba.png`` (RGBA, alpha 0 on the left half), ``cmyk.jpg`` (CMYK),
+    ``exif_rotated.jpg`` (stored 40x20, EXIF orientation 6: displayed 20x40, red on top), ``tiny.png``
+    (10x10), ``défaut café 01.png`` (non-ASCII name with spaces) and ``loop`` (a symlink to the folder
+    itself, when the platform allows symlinks).
+    """
+    root = tmp_path / "bad_images"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / GOOD)
+    (root / EMPTY).write_bytes(b"")
+
+    jpeg = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(jpeg, format="JPEG", quality=90)
+    (root / TRUNCATED).write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (root / TEXT_AS_JPG).write_text("this is a text file, not a JPEG\n", encoding="utf-8")
+
+    Image.fromarray(np.tile(np.arange(0, 250, 10, dtype=np.uint8), (20, 1))).save(root / GRAY)
+    Image.fromarray(GRAY16_VALUES).save(root / GRAY16)
+
+    palette = Image.new("P", (16, 16), 0)
+    palette.putpalette([0, 0, 0, 200, 30, 40, 10, 220, 90] + [0] * (256 * 3 - 9))
+    palette.paste(1, (0, 0, 8, 16))
+    palette.paste(2, (8, 0, 16, 16))
+    palette.save(root / PALETTE)
+
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+    rgba[..., :3] = (10, 120, 230)
+    rgba[:, 8:, 3] = 255
+    Image.fromarray(rgba).save(root / RGBA)
+
+    Image.new("CMYK", (16, 16), (0, 255, 0, 0)).save(root / CMYK, quality=95)
+
+    rotated = Image.new("RGB", (40, 20), (255, 0, 0))
+    rotated.paste((0, 0, 255), (20, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    rotated.save(root / EXIF_ROTATED, exif=exif, quality=95)
+
+    Image.new("RGB", (10, 10), (90, 90, 90)).save(root / TINY)
+    Image.new("RGB", (33, 35), (5, 200, 5)).save(root / NON_ASCII)
+
+    with contextlib.suppress(OSError, NotImplementedError):  # platforms without symlinks: no loop
+        os.symlink(root, root / LOOP, target_is_directory=True)
+    return root
