@@ -95,3 +95,28 @@ def bad_images_dir(tmp_path: Path) -> Path:
     with contextlib.suppress(OSError, NotImplementedError):  # platforms without symlinks: no loop
         os.symlink(root, root / LOOP, target_is_directory=True)
     return root
+
+
+#: The read-only shared folder beside the checkout (real data and weights); tests skip without it.
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture
+def tiny_config():
+    """A config for the tiny random ViT at 64 px: trains a few iterations in about a second."""
+    from ssfilter.config import get_preset
+
+    cfg = get_preset("cpu-fast")
+    cfg.preset = "tiny-test"
+    cfg.data.resize, cfg.data.crop, cfg.data.batch_size, cfg.data.eval_size = 64, 64, 4, 64
+    cfg.model.backbone = "tiny_vit"
+    cfg.model.decoder_dim = None
+    cfg.model.decoder_heads = None
+    cfg.train.iters = 6
+    cfg.train.warmup_iters = 2
+    cfg.train.hard_mining_ramp = 6
+    cfg.train.checkpoint_every = 2
+    cfg.train.device = "cpu"
+    cfg.filter.cold_start_iters = 3
+    cfg.filter.mc_passes = 3
+    return cfg

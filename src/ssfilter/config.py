@@ -67,6 +67,8 @@ class ModelConfig:
         mlp_ratio: Decoder MLP hidden ratio (paper: 1.0).
         dropout: Bottleneck dropout probability (paper: 0.2).
         ln_eps: LayerNorm epsilon of decoder blocks (paper: 1e-8).
+        random_init: Use a randomly initialised encoder when no weights are given. Only for the
+            offline demo and tests: real data needs pretrained weights. Recorded in the run's config.
     """
 
     backbone: str = "dinov2_vits14_reg"
@@ -78,6 +80,7 @@ class ModelConfig:
     mlp_ratio: float = 1.0
     dropout: float = 0.2
     ln_eps: float = 1e-8
+    random_init: bool = False
 
 
 @dataclass

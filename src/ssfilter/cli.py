@@ -1,0 +1,164 @@
+"""Command-line interface (SPEC §11). Argument parsing only; the work happens in :mod:`ssfilter.api`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from ssfilter import __version__
+from ssfilter.config import PRESETS
+
+__all__ = ["build_parser", "main"]
+
+METHODS = ("dinomaly",)
+
+
+def _add_config_options(p: argparse.ArgumentParser, *, train: bool) -> None:
+    g = p.add_argument_group("configuration")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named preset (default paper-448-392)")
+    g.add_argument("--config", type=Path, default=None, help="YAML config file (applied before the options below)")
+    g.add_argument("--backbone", default=None, help="encoder: dinov2_vits14_reg (default), dinov2_vitb14_reg, "
+                   "dinov2_vitl14_reg, mobilenet_v2, tiny_vit")
+    g.add_argument("--weights", default=None, help="local encoder weights file (.pth or .safetensors)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config value, e.g. --set train.lr=1e-3 (repeatable)")
+    if train:
+        g.add_argument("--method", choices=METHODS, default=None, help="training method")
+        g.add_argument("--attention", choices=("mlla", "linear"), default=None,
+                       help="decoder attention (linear = Dinomaly's plain linear attention ablation)")
+        g.add_argument("--iters", type=int, default=None, help="training iterations")
+        g.add_argument("--batch-size", type=int, default=None, help="training batch size")
+        g.add_argument("--seed", type=int, default=None, help="random seed")
+        g.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ssfilter`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="ssfilter",
+        description="Fully unsupervised anomaly detection on noisy image sets (SSFilter on Dinomaly-MLLA).",
+    )
+    parser.add_argument("--version", action="version", version=f"ssfilter {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model on a folder of (mostly good) images")
+    p.add_argument("--data", type=Path, required=True, help="MVTec-layout category or any folder of images")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    _add_config_options(p, train=True)
+
+    p = sub.add_parser("evaluate", help="metrics of a trained run on an MVTec-layout test split")
+    p.add_argument("--run", type=Path, required=True, help="run folder")
+    p.add_argument("--data", type=Path, default=None, help="test data (default: the run's training folder)")
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
+    p = sub.add_parser("info", help="parameter count and GFLOPs of a configuration (JSON)")
+    _add_config_options(p, train=False)
+
+    p = sub.add_parser("demo", help="offline end-to-end demo on generated images (no data or weights needed)")
+    p.add_argument("--out", type=Path, default=Path("ssfilter_demo"), help="output folder (default ssfilter_demo)")
+    p.add_argument("--weights", default=None, help="optional MobileNetV2 weights file (default: random encoder)")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace):  # noqa: ANN202 - Config, imported lazily
+    from ssfilter.config import apply_overrides, get_preset, load_config
+
+    if args.config is not None:
+        cfg = load_config(args.config)
+        if args.preset:
+            warnings.warn("--config given: --preset is ignored", stacklevel=2)
+    else:
+        cfg = get_preset(args.preset or "paper-448-392")
+    shortcuts = {
+        "model.backbone": args.backbone,
+        "model.weights": args.weights,
+        "train.method": getattr(args, "method", None),
+        "model.attention": getattr(args, "attention", None),
+        "train.iters": getattr(args, "iters", None),
+        "data.batch_size": getattr(args, "batch_size", None),
+        "train.seed": getattr(args, "seed", None),
+        "train.device": getattr(args, "device", None),
+    }
+    apply_overrides(cfg, {k: v for k, v in shortcuts.items() if v is not None})
+    apply_overrides(cfg, args.overrides)
+    if getattr(args, "weights", None) is not None:
+        cfg.model.weights = str(Path(args.weights).resolve())
+    return cfg
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ssfilter.api import Detector
+
+    cfg = _config_from_args(args)
+    if args.resume and (args.out / "config.yaml").is_file():
+        from ssfilter.config import load_config
+
+        saved = load_config(args.out / "config.yaml")
+        if saved.to_dict() != cfg.to_dict():
+            print(f"note: resuming with the configuration saved in {args.out}/config.yaml", file=sys.stderr)
+        cfg = saved
+    t0 = time.perf_counter()
+    Detector(cfg).fit(args.data, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"trained in {time.perf_counter() - t0:.1f}s; run folder: {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ssfilter.api import Detector
+
+    det = Detector.load(args.run, device=args.device)
+    payload = det.evaluate(args.data, out=args.out, progress=not args.quiet)
+    print(json.dumps({"metrics": payload["metrics"], "n_test": payload["n_test"]}, indent=2))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ssfilter.api import model_info
+
+    print(json.dumps(model_info(_config_from_args(args)), indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ssfilter.demo import run_demo
+
+    run_demo(args.out, weights=args.weights, progress=not args.quiet)
+    return 0
+
+
+_COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "info": _cmd_info, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ssfilter`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from ssfilter.models.encoders import WeightsUnavailableError
+    from ssfilter.training.checkpoint import RunFormatError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted; the last complete checkpoint is kept (use --resume to continue)", file=sys.stderr)
+        return 130
+    except (WeightsUnavailableError, RunFormatError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FileExistsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

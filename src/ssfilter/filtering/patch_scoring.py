@@ -1,0 +1,164 @@
+"""Patch comparison scoring inside a mini-batch (paper §3.2, Algorithm 1; SPEC §2).
+
+Anomalies are rare: a normal patch finds close matches among the patches of the OTHER images of the batch,
+an anomalous one does not. For every patch we take the mean cosine similarity of its top-k matches in the
+other images; ``1 -`` that is the patch score, and the image score ``a_i`` is the mean of the image's top-1%
+patch scores. No training is involved: the scores only rank the images of a batch for the synergy filter.
+
+The similarity matrix of a batch has ``(B*HW)^2`` entries (2.5 GB in float32 at crop 392 and batch 32), so
+:func:`patch_scores` computes it in blocks of rows: each block is scored and thrown away, keeping the extra
+memory at ``O(block_rows * B*HW)`` while giving the same numbers as the full computation
+(:func:`full_patch_scores`, kept as the reference).
+
+Same-image pairs are EXCLUDED (set to ``-inf`` before the top-k, so they can never be picked), not filled
+with 0 as in the paper's pseudocode: a 0 could still be selected when few other-image similarities are
+positive.
+
+All functions compute in at least float32 (bf16/fp16 inputs are cast up, autocast is switched off inside)
+and without autograd: the scores are a selection signal, never a loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssfilter.models.anomaly_map import autocast_disabled
+
+__all__ = [
+    "batch_anomaly_scores",
+    "full_patch_scores",
+    "image_scores",
+    "neighbour_count",
+    "patch_scores",
+]
+
+#: Floor on the descriptor norm in the L2 normalisation: a zero descriptor becomes the zero vector
+#: (similarity 0 to everything) instead of NaN.
+NORM_EPS: float = 1e-12
+
+
+def neighbour_count(batch_size: int, num_patches: int, topk_ratio: float) -> int:
+    """Number ``k`` of best matches averaged per patch: ``max(1, int(B*HW*topk_ratio))``.
+
+    Clamped to ``(B-1)*HW``, the number of patches in the other images, so ``topk`` never runs out of values.
+    """
+    _check_ratio(topk_ratio, "topk_ratio")
+    k = max(1, int(batch_size * num_patches * topk_ratio))
+    return min(k, (batch_size - 1) * num_patches)
+
+
+def _check_ratio(ratio: float, name: str) -> None:
+    """Reject ratios outside ``[0, 1]`` (NaN included); 0 means "a single value" through the ``max(1, .)``."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {ratio}")
+
+
+def _normalised(desc: Tensor) -> Tensor:
+    """Validate ``desc [B, HW, D]`` and return it L2-normalised along ``D`` in at least float32."""
+    if desc.ndim != 3:
+        raise ValueError(f"patch descriptors must have shape [B, HW, D], got {tuple(desc.shape)}")
+    b, hw, _ = desc.shape
+    if b < 2:
+        raise ValueError(
+            f"patch comparison scoring needs at least 2 images in the batch (patches are compared with the "
+            f"OTHER images), got B={b}; handle tiny batches before calling it"
+        )
+    if hw < 1:
+        raise ValueError(f"patch descriptors must have at least one patch per image, got HW={hw}")
+    if not desc.is_floating_point():
+        raise TypeError(f"patch descriptors must be floating point, got {desc.dtype}")
+    z = desc if desc.dtype in (torch.float32, torch.float64) else desc.float()
+    return F.normalize(z, p=2.0, dim=-1, eps=NORM_EPS)
+
+
+@torch.no_grad()
+def patch_scores(desc: Tensor, topk_ratio: float = 0.001, block_rows: int = 4096) -> Tensor:
+    """Patch scores ``1 - mean(top-k similarities to the other images' patches)``, row-blocked.
+
+    Args:
+        desc: Patch descriptors ``[B, HW, D]`` of one mini-batch (``B >= 2``), any floating dtype.
+        topk_ratio: ``k = max(1, int(B*HW*topk_ratio))`` best matches per patch (clamped to ``(B-1)*HW``).
+        block_rows: Rows of the ``(B*HW) x (B*HW)`` similarity matrix computed at once; bounds the extra
+            memory to about ``block_rows * B*HW`` floats. Any value ``>= 1`` gives the same result.
+
+    Returns:
+        Patch scores ``[B, HW]`` in float32 (float64 for float64 input), on ``desc``'s device; in ``[0, 2]``.
+
+    Raises:
+        ValueError: ``B < 2`` (no other image to compare with), bad shape or parameters.
+    """
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+    with autocast_disabled(desc.device):
+        z = _normalised(desc)
+        b, hw, d = z.shape
+        n = b * hw
+        k = neighbour_count(b, hw, topk_ratio)
+        flat = z.reshape(n, d)
+        out = torch.empty(n, dtype=z.dtype, device=z.device)
+        for start in range(0, n, block_rows):
+            stop = min(start + block_rows, n)
+            sims = flat[start:stop] @ flat.T  # [rows, N]
+            # Exclude same-image pairs: the block's rows may span several images, one column band each.
+            for img in range(start // hw, (stop - 1) // hw + 1):
+                r0, r1 = max(start, img * hw) - start, min(stop, (img + 1) * hw) - start
+                sims[r0:r1, img * hw : (img + 1) * hw] = float("-inf")
+            out[start:stop] = 1.0 - torch.topk(sims, k, dim=1, largest=True, sorted=False).values.mean(dim=1)
+            del sims
+        return out.view(b, hw)
+
+
+@torch.no_grad()
+def full_patch_scores(desc: Tensor, topk_ratio: float = 0.001) -> Tensor:
+    """Reference version of :func:`patch_scores` that builds the whole similarity matrix at once.
+
+    Straightforward transcription of Algorithm 1 (with same-image pairs excluded, see the module docstring).
+    Needs ``O((B*HW)^2)`` memory (2.5 GB at crop 392, batch 32): use it for tests and benchmarks only.
+    """
+    with autocast_disabled(desc.device):
+        z = _normalised(desc)
+        b, hw, d = z.shape
+        k = neighbour_count(b, hw, topk_ratio)
+        flat = z.reshape(b * hw, d)
+        sims = flat @ flat.T  # [N, N]
+        # View as [B, HW, B, HW]; the diagonal over the two image axes is the same-image blocks.
+        sims.view(b, hw, b, hw).diagonal(dim1=0, dim2=2).fill_(float("-inf"))
+        scores = 1.0 - torch.topk(sims, k, dim=1, largest=True, sorted=False).values.mean(dim=1)
+        return scores.view(b, hw)
+
+
+@torch.no_grad()
+def image_scores(patch_scores: Tensor, topk_ratio: float = 0.01) -> Tensor:
+    """Image scores ``[B]``: mean of each image's top ``max(1, int(HW*topk_ratio))`` patch scores.
+
+    Args:
+        patch_scores: ``[B, HW]`` patch scores (e.g. from :func:`patch_scores`).
+        topk_ratio: Share of the most anomalous patches averaged, in ``[0, 1]``.
+    """
+    if patch_scores.ndim != 2 or patch_scores.shape[1] < 1:
+        raise ValueError(
+            f"patch scores must have shape [B, HW] with HW >= 1, got {tuple(patch_scores.shape)}"
+        )
+    _check_ratio(topk_ratio, "topk_ratio")
+    hw = patch_scores.shape[1]
+    k = min(max(1, int(hw * topk_ratio)), hw)
+    return torch.topk(patch_scores, k, dim=1, largest=True, sorted=False).values.mean(dim=1)
+
+
+def batch_anomaly_scores(
+    desc: Tensor,
+    patch_topk_ratio: float = 0.001,
+    image_topk_ratio: float = 0.01,
+    block_rows: int = 4096,
+) -> Tensor:
+    """Image anomaly scores ``A = {a_i}`` ``[B]``: :func:`patch_scores`, then :func:`image_scores`.
+
+    Args:
+        desc: Patch descriptors ``[B, HW, D]`` (Eq. 1), ``B >= 2``.
+        patch_topk_ratio: Share of the batch's patches averaged per patch (paper: 0.1%).
+        image_topk_ratio: Share of an image's patches averaged into its score (paper: 1%).
+        block_rows: Row-block size of the similarity computation (memory bound, not a result setting).
+    """
+    return image_scores(patch_scores(desc, patch_topk_ratio, block_rows), image_topk_ratio)

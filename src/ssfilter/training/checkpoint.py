@@ -1,0 +1,148 @@
+"""Run folders: model weights, config and resumable training state, all written atomically.
+
+A run folder holds:
+
+- ``config.yaml``: the full :class:`~ssfilter.config.Config` of the run;
+- ``model.safetensors``: the whole model (frozen encoder included, so a run is self-contained and
+  never needs the original weights file or a download), with metadata (iteration, crop, version);
+- ``train_state.pt``: optimiser, scheduler, RNG states and iteration counter, loadable with
+  ``torch.load(weights_only=True)``; ``--resume`` continues from it bit-identically;
+- ``train_log.csv``: per-iteration loss and learning rate.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import ssfilter
+from ssfilter.config import Config, load_config, save_config
+from ssfilter.io import atomic_path
+from ssfilter.models.dinomaly import DinomalyModel
+from ssfilter.models.encoders import build_encoder
+
+__all__ = [
+    "CONFIG_FILE",
+    "LOG_FILE",
+    "MODEL_FILE",
+    "STATE_FILE",
+    "RunFormatError",
+    "build_model",
+    "load_model",
+    "load_run",
+    "load_train_state",
+    "read_model_metadata",
+    "save_model",
+    "save_train_state",
+]
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.csv"
+#: On-disk run format; a run written by an incompatible ssfilter gives a clear error.
+RUN_FORMAT = 1
+
+
+class RunFormatError(RuntimeError):
+    """Raised when a run folder is missing, incomplete or from an incompatible version."""
+
+
+def build_model(cfg: Config, *, allow_random: bool = False) -> DinomalyModel:
+    """Build the model a config describes (encoder weights from ``cfg.model.weights``)."""
+    encoder = build_encoder(
+        cfg.model.backbone,
+        cfg.model.weights,
+        allow_random=allow_random or cfg.model.random_init,
+        seed=cfg.train.seed,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return DinomalyModel(encoder, cfg.model, cfg.data.crop)
+
+
+def save_model(model: DinomalyModel, path: str | Path, iteration: int, extra: dict[str, Any] | None = None) -> None:
+    """Write the full model as safetensors with run metadata, atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {
+        "format": str(RUN_FORMAT),
+        "ssfilter_version": ssfilter.__version__,
+        "iteration": str(iteration),
+        "crop": str(model.crop),
+        "backbone": model.encoder.name,
+    }
+    if extra:
+        meta["extra"] = json.dumps(extra)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def read_model_metadata(path: str | Path) -> dict[str, str]:
+    """Metadata stored in a ``model.safetensors`` file."""
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
+
+
+def load_model(run_dir: str | Path, cfg: Config | None = None, device: str | torch.device = "cpu") -> DinomalyModel:
+    """Rebuild a run's model from its config and weights, without touching the network.
+
+    Raises:
+        RunFormatError: when files are missing or the run comes from an incompatible version.
+    """
+    run = Path(run_dir)
+    cfg = cfg or _load_run_config(run)
+    path = run / MODEL_FILE
+    if not path.is_file():
+        raise RunFormatError(f"{run} has no {MODEL_FILE}: train it first (ssfilter train --out {run})")
+    meta = read_model_metadata(path)
+    if meta.get("format") != str(RUN_FORMAT):
+        raise RunFormatError(
+            f"{path} has run format {meta.get('format')!r}, this ssfilter {ssfilter.__version__} reads format "
+            f"{RUN_FORMAT}; retrain the model or use the ssfilter version that wrote it ({meta.get('ssfilter_version')})"
+        )
+    from safetensors.torch import load_file
+
+    model = build_model(cfg, allow_random=True)
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as err:
+        raise RunFormatError(f"{path} does not match its config.yaml: {err}") from err
+    return model.to(device).eval()
+
+
+def _load_run_config(run: Path) -> Config:
+    if not run.is_dir():
+        raise RunFormatError(f"run folder not found: {run}")
+    if not (run / CONFIG_FILE).is_file():
+        raise RunFormatError(f"{run} is not an ssfilter run folder (no {CONFIG_FILE})")
+    try:
+        return load_config(run / CONFIG_FILE)
+    except ValueError as err:
+        raise RunFormatError(f"{run / CONFIG_FILE}: {err}") from err
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Config, DinomalyModel]:
+    """Config and model of a finished (or checkpointed) run."""
+    cfg = _load_run_config(Path(run_dir))
+    return cfg, load_model(run_dir, cfg, device)
+
+
+def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Write the resumable training state atomically (tensors and plain Python values only)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    """Read a training state with ``weights_only=True`` (no arbitrary unpickling)."""
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def write_run_config(run_dir: str | Path, cfg: Config) -> None:
+    """Write ``config.yaml`` into a run folder."""
+    save_config(cfg, Path(run_dir) / CONFIG_FILE)

@@ -1,0 +1,330 @@
+"""The training loop: seeded, resumable, logged, CPU or CUDA (bf16 autocast).
+
+Batches are a pure function of ``(seed, iteration)`` -- epoch ``e`` is a seeded permutation of the
+training set cut into ``drop_last`` batches -- so a resumed run draws exactly the batches an
+uninterrupted run would, without storing sampler state.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ssfilter.config import Config
+from ssfilter.data.datasets import AnomalyDataset, Sample
+from ssfilter.data.transforms import build_image_transform
+from ssfilter.io import atomic_writer
+from ssfilter.models.dinomaly import DinomalyModel
+from ssfilter.training.checkpoint import (
+    LOG_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    build_model,
+    load_train_state,
+    save_model,
+    save_train_state,
+    write_run_config,
+)
+from ssfilter.training.losses import hard_cosine_loss, hard_mining_p
+from ssfilter.training.optim import StableAdamW, build_scheduler
+
+__all__ = ["BatchPlan", "TrainResult", "Trainer", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+LOG_FIELDS = ["iteration", "loss", "lr", "p", "batch", "seconds"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """Map ``auto``/``cpu``/``cuda`` to a device, with a clear error when CUDA is missing."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+class BatchPlan:
+    """Deterministic batches: epoch permutations from ``seed``, ``drop_last``.
+
+    A training set smaller than the batch size trains on all images each iteration (with a warning)
+    instead of producing no batch at all.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n < 1:
+            raise ValueError("the training set is empty")
+        if n < batch_size:
+            warnings.warn(
+                f"the training set has {n} images, fewer than the batch size {batch_size}; "
+                f"training with batches of {n}",
+                stacklevel=2,
+            )
+            batch_size = n
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.per_epoch = n // batch_size
+        self._epoch = -1
+        self._perm: Tensor | None = None
+
+    def indices(self, iteration: int) -> list[int]:
+        """Dataset indices of the batch used at ``iteration``."""
+        epoch, pos = divmod(iteration, self.per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.n, generator=gen)
+            self._epoch = epoch
+        assert self._perm is not None
+        return self._perm[pos * self.batch_size : (pos + 1) * self.batch_size].tolist()
+
+
+@dataclass
+class TrainResult:
+    """What a finished :meth:`Trainer.fit` returns."""
+
+    run_dir: Path
+    iterations: int
+    final_loss: float
+    seconds: float
+
+
+class _ImageCache:
+    """Transformed images kept in memory: the preprocessing is deterministic, so decoding each file
+    once saves most of the data time on CPU. Bounded by ``max_bytes``; beyond it images are read
+    every time."""
+
+    def __init__(self, dataset: AnomalyDataset, max_bytes: int) -> None:
+        self.dataset = dataset
+        self.max_bytes = max_bytes
+        self.items: dict[int, Tensor] = {}
+        self.bytes = 0
+
+    def get(self, index: int) -> Tensor:
+        item = self.items.get(index)
+        if item is None:
+            item = self.dataset[index]["image"]
+            size = item.numel() * item.element_size()
+            if self.bytes + size <= self.max_bytes:
+                self.items[index] = item
+                self.bytes += size
+        return item
+
+    def batch(self, indices: Sequence[int]) -> Tensor:
+        return torch.stack([self.get(i) for i in indices])
+
+
+class Trainer:
+    """Trains a :class:`DinomalyModel` on unlabelled images and writes a run folder.
+
+    Args:
+        cfg: Full run configuration (saved as ``config.yaml``).
+        samples: Training images (already validated; unreadable files removed).
+        run_dir: Output folder.
+        progress: Show a progress bar.
+        batch_hook: Optional ``hook(iteration, images, model) -> (images, weights_or_None)`` used
+            by extensions (SSFilter's in-batch filter); ``None`` trains plain Dinomaly.
+        stop_after: Stop (as if interrupted) after this many iterations -- for tests of resume.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        samples: Sequence[Sample],
+        run_dir: str | Path,
+        *,
+        progress: bool = True,
+        stop_after: int | None = None,
+        on_iteration: Callable[[int, dict[str, Any]], None] | None = None,
+        cache_bytes: int = 4 << 30,
+    ) -> None:
+        self.cfg = cfg
+        self.samples = list(samples)
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.stop_after = stop_after
+        self.on_iteration = on_iteration
+        self.device = resolve_device(cfg.train.device)
+        self.cache_bytes = cache_bytes
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train (or resume) and write weights, config, state and log into the run folder."""
+        cfg = self.cfg
+        _seed_everything(cfg.train.seed)
+        model = build_model(cfg).to(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        params = model.trainable_parameters()
+        optimizer = StableAdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True)
+        scheduler = build_scheduler(optimizer, cfg.train.iters, cfg.train.warmup_iters, cfg.train.final_lr)
+
+        start = 0
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state_path = self.run_dir / STATE_FILE
+        if resume and state_path.is_file():
+            start = self._restore(state_path, model, optimizer, scheduler)
+            log.info("resuming %s at iteration %d", self.run_dir, start)
+        elif resume:
+            warnings.warn(f"--resume: no {STATE_FILE} in {self.run_dir}; starting from scratch", stacklevel=2)
+        write_run_config(self.run_dir, cfg)
+        if start == 0:
+            _truncate_log(self.run_dir / LOG_FILE, 0)
+
+        transform = build_image_transform(
+            cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std
+        )
+        dataset = AnomalyDataset(self.samples, transform)
+        cache = _ImageCache(dataset, self.cache_bytes)
+        plan = BatchPlan(len(dataset), cfg.data.batch_size, cfg.train.seed)
+
+        amp = cfg.train.amp and self.device.type == "cuda"
+        pending: list[dict[str, Any]] = []
+        last_loss = float("nan")
+        t_start = time.perf_counter()
+        end = cfg.train.iters
+        if self.stop_after is not None:
+            end = min(end, self.stop_after)
+        bar = tqdm(
+            total=cfg.train.iters, initial=start, disable=not self.progress, desc="train", unit="it", dynamic_ncols=True
+        )
+        model.train()
+        try:
+            for it in range(start, end):
+                t0 = time.perf_counter()
+                images = cache.batch(plan.indices(it)).to(self.device, non_blocking=True)
+                p = hard_mining_p(it, cfg.train.hard_mining_max, cfg.train.hard_mining_ramp)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                    rec = model(images)
+                    loss = hard_cosine_loss(rec.encoder, rec.decoder, p, factor=cfg.train.hard_mining_factor)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+                optimizer.step()
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                row = {
+                    "iteration": it + 1,
+                    "loss": loss.detach(),
+                    "lr": lr,
+                    "p": p,
+                    "batch": images.shape[0],
+                    "seconds": time.perf_counter() - t0,
+                }
+                pending.append(row)
+                if self.on_iteration is not None:
+                    self.on_iteration(it + 1, row)
+                bar.update(1)
+                if (it + 1) % cfg.train.log_every == 0:
+                    last_loss = float(loss.detach())
+                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
+                if (it + 1) % cfg.train.checkpoint_every == 0 or it + 1 == cfg.train.iters:
+                    self._checkpoint(it + 1, model, optimizer, scheduler, pending)
+                    pending = []
+        finally:
+            bar.close()
+        if pending:
+            last_loss = float(pending[-1]["loss"])
+        elif math.isnan(last_loss) and end > start:
+            last_loss = float(loss.detach())
+        return TrainResult(self.run_dir, end, last_loss, time.perf_counter() - t_start)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _checkpoint(
+        self,
+        iteration: int,
+        model: DinomalyModel,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        rows: list[dict[str, Any]],
+    ) -> None:
+        _append_log(self.run_dir / LOG_FILE, rows)
+        state = {
+            "iteration": iteration,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "trainable": {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("encoder.")},
+            "rng": _rng_state(),
+        }
+        # Training state first, deployable weights second: both renames are atomic, and resume only
+        # reads the state file, so a kill between them loses nothing.
+        save_train_state(self.run_dir / STATE_FILE, state)
+        save_model(model, self.run_dir / MODEL_FILE, iteration)
+
+    def _restore(
+        self,
+        path: Path,
+        model: DinomalyModel,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> int:
+        state = load_train_state(path)
+        missing, unexpected = model.load_state_dict(state["trainable"], strict=False)
+        if unexpected or any(not k.startswith("encoder.") for k in missing):
+            raise RuntimeError(f"{path} does not match this model; was the config changed since the run started?")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        iteration = int(state["iteration"])
+        _truncate_log(self.run_dir / LOG_FILE, iteration)
+        return iteration
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _append_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows to the CSV log (rewritten atomically so a kill never leaves half a line)."""
+    existing = path.read_text(encoding="utf-8") if path.is_file() else ""
+    with atomic_writer(path, "w", encoding="utf-8", newline="") as fh:
+        if not existing:
+            fh.write(",".join(LOG_FIELDS) + "\n")
+        else:
+            fh.write(existing)
+        writer = csv.writer(fh)
+        for row in rows:
+            values = [float(v) if isinstance(v, Tensor) else v for v in (row[k] for k in LOG_FIELDS)]
+            writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in values])
+
+
+def _truncate_log(path: Path, iteration: int) -> None:
+    """Drop log rows after ``iteration`` (rows logged after the checkpoint a run resumes from)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= iteration]
+    if iteration == 0:
+        keep = []
+    with atomic_writer(path, "w", encoding="utf-8", newline="") as fh:
+        fh.writelines(keep)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ssfilter.data.datasets import discover
+from ssfilter.training.checkpoint import LOG_FILE, MODEL_FILE, STATE_FILE, load_model, read_model_metadata
+from ssfilter.training.trainer import BatchPlan, Trainer
+
+
+def test_batch_plan_is_deterministic_and_drop_last() -> None:
+    plan = BatchPlan(10, 4, seed=3)
+    assert plan.per_epoch == 2
+    batches = [plan.indices(i) for i in range(6)]
+    assert all(len(b) == 4 for b in batches)
+    assert set(batches[0]).isdisjoint(batches[1])
+    again = BatchPlan(10, 4, seed=3)
+    assert [again.indices(i) for i in reversed(range(6))] == list(reversed(batches))
+    assert BatchPlan(10, 4, seed=4).indices(0) != batches[0] or BatchPlan(10, 4, seed=4).indices(1) != batches[1]
+
+
+def test_batch_plan_small_dataset_warns() -> None:
+    with pytest.warns(UserWarning, match="fewer than the batch size"):
+        plan = BatchPlan(3, 8, seed=0)
+    assert sorted(plan.indices(0)) == [0, 1, 2]
+    with pytest.raises(ValueError, match="empty"):
+        BatchPlan(0, 8, seed=0)
+
+
+def test_training_writes_run_folder(tmp_path: Path, synthetic_mvtec: Path, tiny_config) -> None:
+    samples = discover(synthetic_mvtec, "train")
+    result = Trainer(tiny_config, samples, tmp_path / "run", progress=False).fit()
+    run = tmp_path / "run"
+    assert result.iterations == 6
+    for name in (MODEL_FILE, STATE_FILE, LOG_FILE, "config.yaml"):
+        assert (run / name).is_file()
+    rows = list(csv.DictReader(open(run / LOG_FILE)))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 7))
+    assert float(rows[0]["lr"]) == 0.0 and float(rows[1]["lr"]) > 0
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+    assert read_model_metadata(run / MODEL_FILE)["iteration"] == "6"
+    model = load_model(run)
+    assert not model.training
+    assert not list(run.glob(".*.tmp")), "no temporary files may be left behind"
+
+
+def test_loss_decreases_on_tiny_model(tmp_path: Path, synthetic_mvtec: Path, tiny_config) -> None:
+    tiny_config.train.iters = 30
+    tiny_config.train.checkpoint_every = 30
+    Trainer(tiny_config, discover(synthetic_mvtec, "train"), tmp_path / "run", progress=False).fit()
+    losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "run" / LOG_FILE))]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_resume_gives_identical_weights(tmp_path: Path, synthetic_mvtec: Path, tiny_config) -> None:
+    samples = discover(synthetic_mvtec, "train")
+    Trainer(tiny_config, samples, tmp_path / "full", progress=False).fit()
+
+    # interrupted after iteration 3: the last checkpoint is iteration 2, iteration 3 is lost
+    Trainer(tiny_config, samples, tmp_path / "cut", progress=False, stop_after=3).fit()
+    assert read_model_metadata(tmp_path / "cut" / MODEL_FILE)["iteration"] == "2"
+    Trainer(tiny_config, samples, tmp_path / "cut", progress=False).fit(resume=True)
+
+    a = load_file(str(tmp_path / "full" / MODEL_FILE))
+    b = load_file(str(tmp_path / "cut" / MODEL_FILE))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    rows = list(csv.DictReader(open(tmp_path / "cut" / LOG_FILE)))
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 7)), "log rows after the checkpoint are replaced"
