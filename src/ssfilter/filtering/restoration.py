@@ -86,9 +86,9 @@ def extract_material(
     """Cut the connected anomalous region around the peak of ``acc_map`` out of ``image`` (Eq. 11).
 
     The map is min-max normalised to [0, 1]; ``T_p = min(max_ratio * max, percentile-th percentile)`` (the
-    percentile caps the threshold so the material is never a handful of pixels, paper Table 7); the region is the
-    8-connected component of ``map >= T_p`` that contains the peak (first arg-max on ties). Non-finite map
-    values are treated as the map's minimum.
+    percentile caps the threshold so the material is never a handful of pixels, paper Table 7); the region is
+    the 8-connected component of ``map >= T_p`` that contains the peak (first arg-max on ties). Non-finite
+    map values are treated as the map's minimum.
 
     Args:
         image: Normalised image ``[3, H, W]``.

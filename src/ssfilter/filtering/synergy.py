@@ -104,7 +104,7 @@ def _uncertainty_anchor(u: Tensor, lower: Tensor) -> tuple[float, float]:
     """``mu1`` and unbiased ``sigma1`` of ``u`` over the ``lower`` mask (``sigma1 = 0`` for one sample)."""
     vals = torch.sort(u[lower]).values  # fixed summation order: the same result for any batch order
     mu1 = float(vals.mean())
-    sigma1 = float(vals.std(unbiased=True)) if vals.numel() >= 2 else 0.0
+    sigma1 = float(vals.std(correction=1)) if vals.numel() >= 2 else 0.0
     return mu1, sigma1
 
 

@@ -373,6 +373,11 @@ class CNNEncoder(Encoder):
         """All taps concatenated."""
         return torch.cat(feats.layers, dim=-1)
 
+    def foreground_features(self, feats: EncoderFeatures) -> Tensor:
+        """The deep group: on MobileNetV2 the first principal component of the shallow taps follows
+        edges, while the deep taps separate object from background."""
+        return self.groups(feats)[-1]
+
     def patch_descriptors(self, feats: EncoderFeatures) -> Tensor:
         """All taps concatenated after a 3x3 average pool on the grid."""
         h, w = feats.grid

@@ -27,7 +27,8 @@ from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, Sample
 from ssfilter.data.transforms import build_image_transform
 from ssfilter.io import atomic_writer
-from ssfilter.models.dinomaly import DinomalyModel
+from ssfilter.models.dinomaly import DinomalyModel, Reconstruction
+from ssfilter.models.encoders import EncoderFeatures
 from ssfilter.training.checkpoint import (
     LOG_FILE,
     MODEL_FILE,
@@ -100,29 +101,58 @@ class TrainResult:
     seconds: float
 
 
-class _ImageCache:
-    """Transformed images kept in memory: the preprocessing is deterministic, so decoding each file
-    once saves most of the data time on CPU. Bounded by ``max_bytes``; beyond it images are read
-    every time."""
+class _BatchCache:
+    """Transformed images and frozen-encoder features kept in memory.
 
-    def __init__(self, dataset: AnomalyDataset, max_bytes: int) -> None:
+    Preprocessing is deterministic and the encoder is frozen, so each image is decoded and encoded
+    once; later epochs only run the decoder. Both caches are bounded by ``max_bytes`` together;
+    beyond the budget items are recomputed every time, so memory stays bounded on large data sets.
+    """
+
+    def __init__(self, dataset: AnomalyDataset, model: DinomalyModel, device: torch.device, max_bytes: int) -> None:
         self.dataset = dataset
+        self.model = model
+        self.device = device
         self.max_bytes = max_bytes
-        self.items: dict[int, Tensor] = {}
+        self.images: dict[int, Tensor] = {}
+        self.feats: dict[int, EncoderFeatures] = {}
         self.bytes = 0
 
-    def get(self, index: int) -> Tensor:
-        item = self.items.get(index)
-        if item is None:
-            item = self.dataset[index]["image"]
-            size = item.numel() * item.element_size()
-            if self.bytes + size <= self.max_bytes:
-                self.items[index] = item
-                self.bytes += size
-        return item
+    def _fits(self, size: int) -> bool:
+        if self.bytes + size > self.max_bytes:
+            return False
+        self.bytes += size
+        return True
 
-    def batch(self, indices: Sequence[int]) -> Tensor:
-        return torch.stack([self.get(i) for i in indices])
+    def images_for(self, indices: Sequence[int]) -> Tensor:
+        """Normalised images ``[B, 3, S, S]`` on the training device."""
+        out = []
+        for i in indices:
+            item = self.images.get(i)
+            if item is None:
+                item = self.dataset[i]["image"]
+                if self._fits(item.numel() * item.element_size()):
+                    self.images[i] = item
+            out.append(item)
+        return torch.stack(out).to(self.device, non_blocking=True)
+
+    def features_for(self, indices: Sequence[int], images: Tensor) -> EncoderFeatures:
+        """Encoder features of the batch, encoding only the images not cached yet."""
+        missing = [j for j, i in enumerate(indices) if i not in self.feats]
+        fresh_row = {j: row for row, j in enumerate(missing)}
+        fresh = self.model.encode(images[missing]) if missing else None
+        parts = []
+        for j, i in enumerate(indices):
+            if i in self.feats:
+                parts.append(self.feats[i])
+                continue
+            assert fresh is not None
+            row = fresh_row[j]
+            one = EncoderFeatures([t[row : row + 1].clone() for t in fresh.layers], fresh.grid, fresh.num_prefix)
+            if self._fits(sum(t.numel() * t.element_size() for t in one.layers)):
+                self.feats[i] = one
+            parts.append(one)
+        return EncoderFeatures.cat(parts)
 
 
 class Trainer:
@@ -188,7 +218,7 @@ class Trainer:
             cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std
         )
         dataset = AnomalyDataset(self.samples, transform)
-        cache = _ImageCache(dataset, self.cache_bytes)
+        cache = _BatchCache(dataset, model, self.device, self.cache_bytes)
         plan = BatchPlan(len(dataset), cfg.data.batch_size, cfg.train.seed)
 
         amp = cfg.train.amp and self.device.type == "cuda"
@@ -205,10 +235,12 @@ class Trainer:
         try:
             for it in range(start, end):
                 t0 = time.perf_counter()
-                images = cache.batch(plan.indices(it)).to(self.device, non_blocking=True)
+                indices = plan.indices(it)
+                images = cache.images_for(indices)
                 p = hard_mining_p(it, cfg.train.hard_mining_max, cfg.train.hard_mining_ramp)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                    rec = model(images)
+                    feats = cache.features_for(indices, images)
+                    rec = Reconstruction(model.target_groups(feats), model.decode(feats))
                     loss = hard_cosine_loss(rec.encoder, rec.decoder, p, factor=cfg.train.hard_mining_factor)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
