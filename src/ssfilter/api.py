@@ -26,7 +26,8 @@ from ssfilter.data.images import Skipped, read_image, validate_images, write_ski
 from ssfilter.data.transforms import build_image_transform
 from ssfilter.io import atomic_write_json
 from ssfilter.training.checkpoint import MODEL_FILE, STATE_FILE, build_model, load_run
-from ssfilter.training.trainer import Trainer, TrainResult, resolve_device
+from ssfilter.training.filter_log import summarize_filter_log
+from ssfilter.training.trainer import FILTER_LOG_FILE, Trainer, TrainResult, resolve_device
 
 __all__ = ["Detector", "RunExistsError", "model_info", "prepare_training_samples"]
 
@@ -48,12 +49,35 @@ def _resolve_config(config: Config | str | Path | None) -> Config:
     return get_preset(text)
 
 
-def prepare_training_samples(data: str | Path, run_dir: Path | None = None) -> tuple[list[Sample], list[Skipped]]:
+NOISE_SPLIT_FILE = "noise_split.json"
+
+
+def prepare_training_samples(
+    data: str | Path,
+    run_dir: Path | None = None,
+    *,
+    noise: float | None = None,
+    overlap: bool = False,
+    noise_seed: int = 0,
+) -> tuple[list[Sample], list[Skipped]]:
     """Training images of a dataset folder with unreadable files removed and reported.
 
+    With ``noise`` (the SoftPatch protocol, SPEC §7) anomalous test images of an MVTec-layout folder
+    are injected into the training set and the split is written to ``run_dir/noise_split.json``.
     The skipped files and their reasons go to ``run_dir/skipped.csv`` when a run folder is given.
     """
-    samples = discover(data, "train")
+    if noise is not None:
+        from ssfilter.data.noise import softpatch_split
+
+        if not is_mvtec_layout(data):
+            raise ValueError(
+                f"--noise needs an MVTec-layout folder (train/good, test/<type>); {data} is not one"
+            )
+        samples, _, split = softpatch_split(data, noise, overlap=overlap, seed=noise_seed)
+        if run_dir is not None:
+            split.save(Path(run_dir) / NOISE_SPLIT_FILE)
+    else:
+        samples = discover(data, "train")
     by_path = {s.path: s for s in samples}
     good, skipped = validate_images([Path(s.path) for s in samples])
     if skipped:
@@ -97,6 +121,9 @@ class Detector:
         overwrite: bool = False,
         progress: bool = True,
         stop_after: int | None = None,
+        noise: float | None = None,
+        overlap: bool = False,
+        noise_seed: int = 0,
     ) -> Detector:
         """Train on the images under ``data`` and write the run folder ``out``.
 
@@ -107,18 +134,36 @@ class Detector:
             overwrite: Allow replacing a finished run.
             progress: Show progress bars.
             stop_after: Stop after this many iterations (tests of interruption).
+            noise: Inject this share of anomalous test images into training (SoftPatch protocol).
+            overlap: Keep the injected images in the test set too (the hard setting).
+            noise_seed: Seed of the injected selection.
         """
         run = Path(out)
         if (run / MODEL_FILE).exists() and not resume and not overwrite:
             raise RunExistsError(
-                f"{run} already holds a trained model; pass --resume to continue it or --overwrite to replace it"
+                f"{run} already holds a trained model; "
+                "pass --resume to continue it or --overwrite to replace it"
             )
         if overwrite and not resume:
             (run / STATE_FILE).unlink(missing_ok=True)
-        samples, _ = prepare_training_samples(data, run)
+        if resume and (run / NOISE_SPLIT_FILE).is_file():
+            from ssfilter.data.noise import NoiseSplit
+
+            saved = NoiseSplit.load(run / NOISE_SPLIT_FILE)
+            noise, overlap, noise_seed = saved.alpha, saved.overlap, saved.seed
+        samples, _ = prepare_training_samples(data, run, noise=noise, overlap=overlap, noise_seed=noise_seed)
         trainer = Trainer(self.config, samples, run, progress=progress, stop_after=stop_after)
         result: TrainResult = trainer.fit(resume=resume)
         atomic_write_json(run / "data.json", {"data": str(Path(data).resolve()), "n_train": len(samples)})
+        if (run / FILTER_LOG_FILE).is_file() and result.iterations == self.config.train.iters:
+            summary = summarize_filter_log(run / FILTER_LOG_FILE)
+            atomic_write_json(run / "filter_summary.json", summary)
+            if summary["abnormal_recall"] is not None:
+                log.info(
+                    "abnormal recall in the second half of training: %.3f (normals discarded: %.3f)",
+                    summary["abnormal_recall"],
+                    summary["normal_discard_rate"],
+                )
         log.info("trained %d iterations in %.1fs", result.iterations, result.seconds)
         self.run_dir, self.data = run, Path(data)
         self.model = None
@@ -147,7 +192,9 @@ class Detector:
 
     # -- evaluation and inference ---------------------------------------------------------------
 
-    def evaluate(self, data: str | Path | None = None, *, out: str | Path | None = None, progress: bool = True) -> dict:
+    def evaluate(
+        self, data: str | Path | None = None, *, out: str | Path | None = None, progress: bool = True
+    ) -> dict:
         """Metrics on an MVTec-layout test split (default: the training data folder).
 
         Returns:
@@ -157,17 +204,30 @@ class Detector:
 
         root = Path(data) if data is not None else self.data
         if root is None:
-            raise ValueError("no test data: pass data=... (an MVTec-layout folder with test/ and ground_truth/)")
+            raise ValueError(
+                "no test data: pass data=... (an MVTec-layout folder with test/ and ground_truth/)"
+            )
         if not is_mvtec_layout(root):
             raise ValueError(f"{root} is not an MVTec-layout folder (test/<type>/ with ground_truth/<type>/)")
         model = self._ensure_model()
-        samples = discover(root, "test")
+        samples = self._test_samples(root)
         device = next(model.parameters()).device
         res = evaluate_model(model, samples, self.config, device=device, progress=progress)
         payload = res.to_json()
         if out is not None:
             atomic_write_json(out, payload)
         return payload
+
+    def _test_samples(self, root: Path) -> list[Sample]:
+        """The test split, honouring the run's ``noise_split.json`` when it was trained on ``root``."""
+        split_file = self.run_dir / NOISE_SPLIT_FILE if self.run_dir is not None else None
+        if split_file is not None and split_file.is_file():
+            from ssfilter.data.noise import NoiseSplit, apply_split
+
+            split = NoiseSplit.load(split_file)
+            if Path(split.source).resolve() == root.resolve():
+                return apply_split(root, split)[1]
+        return discover(root, "test")
 
     @torch.no_grad()
     def predict(self, images: Sequence[str | Path], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -176,12 +236,16 @@ class Detector:
 
         model = self._ensure_model()
         cfg = self.config
-        transform = build_image_transform(cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std)
+        transform = build_image_transform(
+            cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std
+        )
         device = next(model.parameters()).device
         scores, maps = [], []
         paths = list(images)
         for start in range(0, len(paths), batch_size):
-            batch = torch.stack([transform(read_image(p)) for p in paths[start : start + batch_size]]).to(device)
+            batch = torch.stack([transform(read_image(p)) for p in paths[start : start + batch_size]]).to(
+                device
+            )
             m, s = predict_maps(model, batch, cfg.data.eval_size, amp=cfg.train.amp)
             maps.append(m.cpu().numpy())
             scores.append(s.cpu().numpy())

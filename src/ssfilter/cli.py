@@ -16,22 +16,40 @@ from ssfilter.config import PRESETS
 
 __all__ = ["build_parser", "main"]
 
-METHODS = ("dinomaly",)
+METHODS = ("ssfilter", "dinomaly")
 
 
 def _add_config_options(p: argparse.ArgumentParser, *, train: bool) -> None:
     g = p.add_argument_group("configuration")
-    g.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named preset (default paper-448-392)")
-    g.add_argument("--config", type=Path, default=None, help="YAML config file (applied before the options below)")
-    g.add_argument("--backbone", default=None, help="encoder: dinov2_vits14_reg (default), dinov2_vitb14_reg, "
-                   "dinov2_vitl14_reg, mobilenet_v2, tiny_vit")
+    g.add_argument(
+        "--preset", choices=sorted(PRESETS), default=None, help="named preset (default paper-448-392)"
+    )
+    g.add_argument(
+        "--config", type=Path, default=None, help="YAML config file (applied before the options below)"
+    )
+    g.add_argument(
+        "--backbone",
+        default=None,
+        help="encoder: dinov2_vits14_reg (default), dinov2_vitb14_reg, "
+        "dinov2_vitl14_reg, mobilenet_v2, tiny_vit",
+    )
     g.add_argument("--weights", default=None, help="local encoder weights file (.pth or .safetensors)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config value, e.g. --set train.lr=1e-3 (repeatable)")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config value, e.g. --set train.lr=1e-3 (repeatable)",
+    )
     if train:
         g.add_argument("--method", choices=METHODS, default=None, help="training method")
-        g.add_argument("--attention", choices=("mlla", "linear"), default=None,
-                       help="decoder attention (linear = Dinomaly's plain linear attention ablation)")
+        g.add_argument(
+            "--attention",
+            choices=("mlla", "linear"),
+            default=None,
+            help="decoder attention (linear = Dinomaly's plain linear attention ablation)",
+        )
         g.add_argument("--iters", type=int, default=None, help="training iterations")
         g.add_argument("--batch-size", type=int, default=None, help="training batch size")
         g.add_argument("--seed", type=int, default=None, help="random seed")
@@ -53,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help="inject int(ALPHA * n_train) anomalous test images into training (SoftPatch protocol)",
+    )
+    p.add_argument(
+        "--overlap", action="store_true", help="with --noise: keep injected images in the test set"
+    )
+    p.add_argument("--noise-seed", type=int, default=0, help="with --noise: seed of the injected selection")
     _add_config_options(p, train=True)
 
     p = sub.add_parser("evaluate", help="metrics of a trained run on an MVTec-layout test split")
@@ -65,8 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p, train=False)
 
     p = sub.add_parser("demo", help="offline end-to-end demo on generated images (no data or weights needed)")
-    p.add_argument("--out", type=Path, default=Path("ssfilter_demo"), help="output folder (default ssfilter_demo)")
-    p.add_argument("--weights", default=None, help="optional MobileNetV2 weights file (default: random encoder)")
+    p.add_argument(
+        "--out", type=Path, default=Path("ssfilter_demo"), help="output folder (default ssfilter_demo)"
+    )
+    p.add_argument(
+        "--weights", default=None, help="optional MobileNetV2 weights file (default: random encoder)"
+    )
     return parser
 
 
@@ -108,7 +141,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"note: resuming with the configuration saved in {args.out}/config.yaml", file=sys.stderr)
         cfg = saved
     t0 = time.perf_counter()
-    Detector(cfg).fit(args.data, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    Detector(cfg).fit(
+        args.data,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        noise=args.noise,
+        overlap=args.overlap,
+        noise_seed=args.noise_seed,
+    )
     print(f"trained in {time.perf_counter() - t0:.1f}s; run folder: {args.out}")
     return 0
 
@@ -152,7 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last complete checkpoint is kept (use --resume to continue)", file=sys.stderr)
         return 130
-    except (WeightsUnavailableError, RunFormatError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+    except (
+        WeightsUnavailableError,
+        RunFormatError,
+        FileNotFoundError,
+        NotADirectoryError,
+        ValueError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except FileExistsError as err:

@@ -43,7 +43,9 @@ def demo_config(weights: str | None = None) -> Config:
     return cfg
 
 
-def run_demo(out: str | Path = "ssfilter_demo", *, weights: str | None = None, progress: bool = True) -> dict[str, Any]:
+def run_demo(
+    out: str | Path = "ssfilter_demo", *, weights: str | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Generate data, train, evaluate; returns the summary written to ``out/summary.json``."""
     from ssfilter.api import Detector
     from ssfilter.io import atomic_write_json
@@ -52,7 +54,14 @@ def run_demo(out: str | Path = "ssfilter_demo", *, weights: str | None = None, p
     data = out / "data" / "widget"
     if not data.exists():
         make_synthetic_category(
-            data, kind="object", n_train_good=48, n_test_good=12, n_test_defect=18, n_train_defect=5, size=128, seed=0
+            data,
+            kind="object",
+            n_train_good=48,
+            n_test_good=12,
+            n_test_defect=18,
+            n_train_defect=5,
+            size=128,
+            seed=0,
         )
     weights = weights or os.environ.get("SSFILTER_DEMO_WEIGHTS")
     cfg = demo_config(weights)

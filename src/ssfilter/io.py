@@ -48,6 +48,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         fh.write(text)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, default: Callable[[Any], Any] | None = None) -> None:
+def atomic_write_json(
+    path: str | os.PathLike[str], obj: Any, default: Callable[[Any], Any] | None = None
+) -> None:
     """Write ``obj`` as indented JSON atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, default=default) + "\n")

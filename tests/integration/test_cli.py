@@ -8,7 +8,18 @@ from ssfilter.config import save_config
 
 
 def _train_args(data: Path, out: Path, cfg_path: Path) -> list[str]:
-    return ["-q", "train", "--data", str(data), "--method", "dinomaly", "--config", str(cfg_path), "--out", str(out)]
+    return [
+        "-q",
+        "train",
+        "--data",
+        str(data),
+        "--method",
+        "dinomaly",
+        "--config",
+        str(cfg_path),
+        "--out",
+        str(out),
+    ]
 
 
 def test_train_evaluate_info(tmp_path: Path, synthetic_mvtec: Path, tiny_config, capsys) -> None:
@@ -44,7 +55,10 @@ def test_train_evaluate_info(tmp_path: Path, synthetic_mvtec: Path, tiny_config,
 def test_cli_set_overrides_and_errors(tmp_path: Path, synthetic_mvtec: Path, tiny_config, capsys) -> None:
     cfg_path = tmp_path / "tiny.yaml"
     save_config(tiny_config, cfg_path)
-    assert main(["info", "--config", str(cfg_path), "--set", "data.crop=32", "--set", "model.attention=linear"]) == 0
+    assert (
+        main(["info", "--config", str(cfg_path), "--set", "data.crop=32", "--set", "model.attention=linear"])
+        == 0
+    )
     info = json.loads(capsys.readouterr().out)
     assert info["crop"] == 32 and info["attention"] == "linear"
     assert main(["info", "--set", "train.nonsense=1"]) == 2
@@ -53,7 +67,9 @@ def test_cli_set_overrides_and_errors(tmp_path: Path, synthetic_mvtec: Path, tin
     empty.mkdir()
     assert main(_train_args(empty, tmp_path / "r2", cfg_path)) == 2
     assert "no images" in capsys.readouterr().err
-    assert main(["-q", "evaluate", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "x.json")]) == 2
+    assert (
+        main(["-q", "evaluate", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "x.json")]) == 2
+    )
 
 
 def test_dinov2_offline_error_is_clear(tmp_path: Path, synthetic_mvtec: Path, monkeypatch, capsys) -> None:

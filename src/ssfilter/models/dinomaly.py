@@ -89,9 +89,12 @@ class DinomalyModel(nn.Module):
         self.dim = dim
         self.bottleneck = Bottleneck(encoder.bottleneck_dim, dim, dropout=cfg.dropout)
         self.decoder = nn.ModuleList(
-            build_decoder_block(cfg.attention, dim, heads, cfg.mlp_ratio, cfg.ln_eps) for _ in range(cfg.decoder_depth)
+            build_decoder_block(cfg.attention, dim, heads, cfg.mlp_ratio, cfg.ln_eps)
+            for _ in range(cfg.decoder_depth)
         )
-        self.heads = nn.ModuleList(nn.Identity() if g == dim else nn.Linear(dim, g) for g in encoder.group_dims)
+        self.heads = nn.ModuleList(
+            nn.Identity() if g == dim else nn.Linear(dim, g) for g in encoder.group_dims
+        )
         for part in (self.bottleneck, self.decoder, self.heads):
             part.apply(init_weights)
 

@@ -171,8 +171,12 @@ class _ViTSpec:
 
 
 _VIT_SPECS: dict[str, _ViTSpec] = {
-    "dinov2_vits14_reg": _ViTSpec("vit_small_patch14_reg4_dinov2", "lvd142m", 384, 6, (2, 3, 4, 5, 6, 7, 8, 9)),
-    "dinov2_vitb14_reg": _ViTSpec("vit_base_patch14_reg4_dinov2", "lvd142m", 768, 12, (2, 3, 4, 5, 6, 7, 8, 9)),
+    "dinov2_vits14_reg": _ViTSpec(
+        "vit_small_patch14_reg4_dinov2", "lvd142m", 384, 6, (2, 3, 4, 5, 6, 7, 8, 9)
+    ),
+    "dinov2_vitb14_reg": _ViTSpec(
+        "vit_base_patch14_reg4_dinov2", "lvd142m", 768, 12, (2, 3, 4, 5, 6, 7, 8, 9)
+    ),
     "dinov2_vitl14_reg": _ViTSpec(
         "vit_large_patch14_reg4_dinov2", "lvd142m", 1024, 16, (4, 6, 8, 10, 12, 14, 16, 18)
     ),
@@ -280,8 +284,8 @@ def _load_vit_weights(model: nn.Module, path: Path) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise WeightsUnavailableError(
-            f"{path} does not match {type(model).__name__} {getattr(model, 'default_cfg', {}).get('architecture')}: "
-            f"{err}"
+            f"{path} does not match the {getattr(model, 'default_cfg', {}).get('architecture')} "
+            f"architecture: {err}"
         ) from err
 
 
@@ -374,8 +378,10 @@ class CNNEncoder(Encoder):
         return torch.cat(feats.layers, dim=-1)
 
     def foreground_features(self, feats: EncoderFeatures) -> Tensor:
-        """The deep group: on MobileNetV2 the first principal component of the shallow taps follows
-        edges, while the deep taps separate object from background."""
+        """The deep group, whose first principal component separates object from background.
+
+        On MobileNetV2 the shallow taps' first component follows edges instead.
+        """
         return self.groups(feats)[-1]
 
     def patch_descriptors(self, feats: EncoderFeatures) -> Tensor:
@@ -395,7 +401,7 @@ def _load_mobilenet(weights: str | None, allow_random: bool) -> nn.Module:
     if weights is None:
         if not allow_random:
             raise WeightsUnavailableError(
-                "mobilenet_v2 needs a local ImageNet weights file (torchvision layout, .safetensors or .pth); "
+                "mobilenet_v2 needs a local ImageNet weights file (torchvision layout, .safetensors/.pth); "
                 "pass --weights PATH, e.g. ../shared/weights/mobilenet_v2_imagenet.safetensors"
             )
         return net
@@ -452,19 +458,26 @@ def build_encoder(
             from timm.models.vision_transformer import VisionTransformer
 
             vit = VisionTransformer(
-                img_size=64, num_classes=0, dynamic_img_size=True, no_embed_class=True, init_values=1e-1, **_TINY_VIT
+                img_size=64,
+                num_classes=0,
+                dynamic_img_size=True,
+                no_embed_class=True,
+                init_values=1e-1,
+                **_TINY_VIT,
             )
             if weights is not None:
                 state = _read_state(Path(weights))
                 vit.load_state_dict(state, strict=True)
-            return ViTEncoder(name, vit, tuple(range(8)), int(_TINY_VIT["num_heads"]), keep_all_blocks=keep_all_blocks)
+            return ViTEncoder(
+                name, vit, tuple(range(8)), int(_TINY_VIT["num_heads"]), keep_all_blocks=keep_all_blocks
+            )
         if name == "mobilenet_v2":
             return CNNEncoder(_load_mobilenet(weights, allow_random))
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
 def _read_state(path: Path) -> dict[str, Tensor]:
-    """Read a state dict from safetensors, or from a pickle with ``weights_only`` (never arbitrary objects)."""
+    """Read a state dict from safetensors, or a pickle with ``weights_only`` (no arbitrary objects)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -66,7 +66,9 @@ def build_model(cfg: Config, *, allow_random: bool = False) -> DinomalyModel:
         return DinomalyModel(encoder, cfg.model, cfg.data.crop)
 
 
-def save_model(model: DinomalyModel, path: str | Path, iteration: int, extra: dict[str, Any] | None = None) -> None:
+def save_model(
+    model: DinomalyModel, path: str | Path, iteration: int, extra: dict[str, Any] | None = None
+) -> None:
     """Write the full model as safetensors with run metadata, atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {
@@ -88,7 +90,9 @@ def read_model_metadata(path: str | Path) -> dict[str, str]:
         return dict(fh.metadata() or {})
 
 
-def load_model(run_dir: str | Path, cfg: Config | None = None, device: str | torch.device = "cpu") -> DinomalyModel:
+def load_model(
+    run_dir: str | Path, cfg: Config | None = None, device: str | torch.device = "cpu"
+) -> DinomalyModel:
     """Rebuild a run's model from its config and weights, without touching the network.
 
     Raises:
@@ -102,8 +106,9 @@ def load_model(run_dir: str | Path, cfg: Config | None = None, device: str | tor
     meta = read_model_metadata(path)
     if meta.get("format") != str(RUN_FORMAT):
         raise RunFormatError(
-            f"{path} has run format {meta.get('format')!r}, this ssfilter {ssfilter.__version__} reads format "
-            f"{RUN_FORMAT}; retrain the model or use the ssfilter version that wrote it ({meta.get('ssfilter_version')})"
+            f"{path} has run format {meta.get('format')!r}; ssfilter {ssfilter.__version__} reads format "
+            f"{RUN_FORMAT}. Retrain the model or use the ssfilter version that wrote it "
+            f"({meta.get('ssfilter_version')})"
         )
     from safetensors.torch import load_file
 

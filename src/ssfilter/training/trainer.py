@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, Sample
 from ssfilter.data.transforms import build_image_transform
+from ssfilter.filtering.batch_filter import BatchFilter
 from ssfilter.io import atomic_writer
 from ssfilter.models.dinomaly import DinomalyModel, Reconstruction
 from ssfilter.models.encoders import EncoderFeatures
@@ -47,6 +48,25 @@ __all__ = ["BatchPlan", "TrainResult", "Trainer", "resolve_device"]
 log = logging.getLogger(__name__)
 
 LOG_FIELDS = ["iteration", "loss", "lr", "p", "batch", "seconds"]
+#: Per-iteration filter log of the ssfilter method (``filter_log.csv``). The last four columns count
+#: true labels when the training set's labels are known (noise-injected benchmarks), else stay empty.
+FILTER_FIELDS = [
+    "iteration",
+    "phase",
+    "batch",
+    "kept",
+    "recalled",
+    "material",
+    "synthetic",
+    "mu1",
+    "sigma1",
+    "anomalies",
+    "anomalies_discarded",
+    "normals",
+    "normals_discarded",
+]
+FILTER_LOG_FILE = "filter_log.csv"
+METHODS = ("ssfilter", "dinomaly")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,7 +129,9 @@ class _BatchCache:
     beyond the budget items are recomputed every time, so memory stays bounded on large data sets.
     """
 
-    def __init__(self, dataset: AnomalyDataset, model: DinomalyModel, device: torch.device, max_bytes: int) -> None:
+    def __init__(
+        self, dataset: AnomalyDataset, model: DinomalyModel, device: torch.device, max_bytes: int
+    ) -> None:
         self.dataset = dataset
         self.model = model
         self.device = device
@@ -148,7 +170,9 @@ class _BatchCache:
                 continue
             assert fresh is not None
             row = fresh_row[j]
-            one = EncoderFeatures([t[row : row + 1].clone() for t in fresh.layers], fresh.grid, fresh.num_prefix)
+            one = EncoderFeatures(
+                [t[row : row + 1].clone() for t in fresh.layers], fresh.grid, fresh.num_prefix
+            )
             if self._fits(sum(t.numel() * t.element_size() for t in one.layers)):
                 self.feats[i] = one
             parts.append(one)
@@ -187,6 +211,9 @@ class Trainer:
         self.on_iteration = on_iteration
         self.device = resolve_device(cfg.train.device)
         self.cache_bytes = cache_bytes
+        # True labels are only read for the filter log's recall figures (noise-injected benchmarks);
+        # training itself never sees them.
+        self._labels = torch.tensor([s.label for s in self.samples], dtype=torch.long)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -202,17 +229,25 @@ class Trainer:
         optimizer = StableAdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True)
         scheduler = build_scheduler(optimizer, cfg.train.iters, cfg.train.warmup_iters, cfg.train.final_lr)
 
+        if cfg.train.method not in METHODS:
+            raise ValueError(f"unknown method {cfg.train.method!r}; choose one of {', '.join(METHODS)}")
+        batch_filter = (
+            BatchFilter(cfg.filter, cfg.train.iters, seed=cfg.train.seed)
+            if cfg.train.method == "ssfilter"
+            else None
+        )
         start = 0
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state_path = self.run_dir / STATE_FILE
         if resume and state_path.is_file():
-            start = self._restore(state_path, model, optimizer, scheduler)
+            start = self._restore(state_path, model, optimizer, scheduler, batch_filter)
             log.info("resuming %s at iteration %d", self.run_dir, start)
         elif resume:
             warnings.warn(f"--resume: no {STATE_FILE} in {self.run_dir}; starting from scratch", stacklevel=2)
         write_run_config(self.run_dir, cfg)
         if start == 0:
             _truncate_log(self.run_dir / LOG_FILE, 0)
+            _truncate_log(self.run_dir / FILTER_LOG_FILE, 0)
 
         transform = build_image_transform(
             cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std
@@ -223,13 +258,19 @@ class Trainer:
 
         amp = cfg.train.amp and self.device.type == "cuda"
         pending: list[dict[str, Any]] = []
+        pending_filter: list[dict[str, Any]] = []
         last_loss = float("nan")
         t_start = time.perf_counter()
         end = cfg.train.iters
         if self.stop_after is not None:
             end = min(end, self.stop_after)
         bar = tqdm(
-            total=cfg.train.iters, initial=start, disable=not self.progress, desc="train", unit="it", dynamic_ncols=True
+            total=cfg.train.iters,
+            initial=start,
+            disable=not self.progress,
+            desc="train",
+            unit="it",
+            dynamic_ncols=True,
         )
         model.train()
         try:
@@ -240,8 +281,14 @@ class Trainer:
                 p = hard_mining_p(it, cfg.train.hard_mining_max, cfg.train.hard_mining_ramp)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                     feats = cache.features_for(indices, images)
-                    rec = Reconstruction(model.target_groups(feats), model.decode(feats))
-                    loss = hard_cosine_loss(rec.encoder, rec.decoder, p, factor=cfg.train.hard_mining_factor)
+                    if batch_filter is None:
+                        rec = Reconstruction(model.target_groups(feats), model.decode(feats))
+                        loss = hard_cosine_loss(
+                            rec.encoder, rec.decoder, p, factor=cfg.train.hard_mining_factor
+                        )
+                    else:
+                        loss, frow = self._ssfilter_step(it, model, batch_filter, indices, images, feats, p)
+                        pending_filter.append(frow)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
@@ -264,8 +311,10 @@ class Trainer:
                     last_loss = float(loss.detach())
                     bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
                 if (it + 1) % cfg.train.checkpoint_every == 0 or it + 1 == cfg.train.iters:
-                    self._checkpoint(it + 1, model, optimizer, scheduler, pending)
-                    pending = []
+                    self._checkpoint(
+                        it + 1, model, optimizer, scheduler, batch_filter, pending, pending_filter
+                    )
+                    pending, pending_filter = [], []
         finally:
             bar.close()
         if pending:
@@ -282,15 +331,22 @@ class Trainer:
         model: DinomalyModel,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
+        batch_filter: BatchFilter | None,
         rows: list[dict[str, Any]],
+        filter_rows: list[dict[str, Any]],
     ) -> None:
-        _append_log(self.run_dir / LOG_FILE, rows)
+        _append_log(self.run_dir / LOG_FILE, rows, LOG_FIELDS)
+        if batch_filter is not None:
+            _append_log(self.run_dir / FILTER_LOG_FILE, filter_rows, FILTER_FIELDS)
         state = {
             "iteration": iteration,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "trainable": {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("encoder.")},
+            "trainable": {
+                k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("encoder.")
+            },
             "rng": _rng_state(),
+            "filter": batch_filter.state_dict() if batch_filter is not None else None,
         }
         # Training state first, deployable weights second: both renames are atomic, and resume only
         # reads the state file, so a kill between them loses nothing.
@@ -303,17 +359,81 @@ class Trainer:
         model: DinomalyModel,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
+        batch_filter: BatchFilter | None,
     ) -> int:
         state = load_train_state(path)
         missing, unexpected = model.load_state_dict(state["trainable"], strict=False)
         if unexpected or any(not k.startswith("encoder.") for k in missing):
-            raise RuntimeError(f"{path} does not match this model; was the config changed since the run started?")
+            raise RuntimeError(
+                f"{path} does not match this model; was the config changed since the run started?"
+            )
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
+        if batch_filter is not None:
+            if state.get("filter") is None:
+                raise RuntimeError(
+                    f"{path} was written by a run without the in-batch filter; cannot resume it as ssfilter"
+                )
+            batch_filter.load_state_dict(state["filter"])
         iteration = int(state["iteration"])
         _truncate_log(self.run_dir / LOG_FILE, iteration)
+        _truncate_log(self.run_dir / FILTER_LOG_FILE, iteration)
         return iteration
+
+    def _ssfilter_step(
+        self,
+        it: int,
+        model: DinomalyModel,
+        batch_filter: BatchFilter,
+        indices: Sequence[int],
+        images: Tensor,
+        feats: EncoderFeatures,
+        p: float,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """One SSFilter iteration: select, reconstruct the kept images, restore synthetic anomalies.
+
+        Loss (Eq. 12-14): ``(sum_kept D(F(x), F^(x)) + sum_synthetic D(F(x_clean), F^(x_syn))) / (n1 + n2)``.
+        """
+        factor = self.cfg.train.hard_mining_factor
+        sel = batch_filter.select(it, model, feats, images)
+        keep = sel.decision.keep.to(images.device)
+        kept = torch.nonzero(keep).flatten()
+        kept_feats = feats.select(kept)
+        enc = model.target_groups(kept_feats)
+        per_image = [hard_cosine_loss(enc, model.decode(kept_feats), p, factor=factor, reduction="none")]
+        syn = batch_filter.synthesize(it, model, images[kept], kept_feats, sel)
+        if syn is not None:
+            syn_feats = model.encode(syn.images)
+            clean = [g[syn.source_index.to(g.device)] for g in enc]  # restore the CLEAN image's features
+            per_image.append(
+                hard_cosine_loss(clean, model.decode(syn_feats), p, factor=factor, reduction="none")
+            )
+        losses = torch.cat(per_image)
+        loss = losses.sum() / losses.numel()
+        d = sel.decision
+        row: dict[str, Any] = {
+            "iteration": it + 1,
+            "phase": d.phase,
+            "batch": len(indices),
+            "kept": d.n_kept,
+            "recalled": d.n_recalled,
+            "material": d.n_material,
+            "synthetic": len(syn) if syn is not None else 0,
+            "mu1": d.mu1,
+            "sigma1": d.sigma1,
+        }
+        labels = self._labels[torch.as_tensor(list(indices))]
+        if bool((labels >= 0).all()):
+            anomalous = labels == 1
+            discarded = ~d.keep.cpu()
+            row.update(
+                anomalies=int(anomalous.sum()),
+                anomalies_discarded=int((anomalous & discarded).sum()),
+                normals=int((~anomalous).sum()),
+                normals_discarded=int((~anomalous & discarded).sum()),
+            )
+        return loss, row
 
 
 def _seed_everything(seed: int) -> None:
@@ -336,17 +456,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _append_log(path: Path, rows: list[dict[str, Any]]) -> None:
+def _append_log(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:
     """Append rows to the CSV log (rewritten atomically so a kill never leaves half a line)."""
     existing = path.read_text(encoding="utf-8") if path.is_file() else ""
     with atomic_writer(path, "w", encoding="utf-8", newline="") as fh:
         if not existing:
-            fh.write(",".join(LOG_FIELDS) + "\n")
+            fh.write(",".join(fields) + "\n")
         else:
             fh.write(existing)
         writer = csv.writer(fh)
         for row in rows:
-            values = [float(v) if isinstance(v, Tensor) else v for v in (row[k] for k in LOG_FIELDS)]
+            values = [float(v) if isinstance(v, Tensor) else v for v in (row.get(k, "") for k in fields)]
             writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in values])
 
 

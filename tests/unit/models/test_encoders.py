@@ -55,7 +55,9 @@ def test_meta_checkpoint_loads_strictly_and_matches_timm(tmp_path: Path, vits_ra
     torch.save(meta, path)
 
     enc = build_encoder("dinov2_vits14_reg", str(path))
-    ref = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, dynamic_img_size=True)
+    ref = timm.create_model(
+        "vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, dynamic_img_size=True
+    )
     ref.load_state_dict(vits_random_state, strict=True)
     ref.eval()
 
@@ -64,7 +66,11 @@ def test_meta_checkpoint_loads_strictly_and_matches_timm(tmp_path: Path, vits_ra
     assert feats.grid == (8, 8) and feats.num_prefix == 5
     with torch.no_grad():
         want = ref.forward_intermediates(
-            x, indices=[2, 3, 4, 5, 6, 7, 8, 9], norm=False, output_fmt="NLC", intermediates_only=True,
+            x,
+            indices=[2, 3, 4, 5, 6, 7, 8, 9],
+            norm=False,
+            output_fmt="NLC",
+            intermediates_only=True,
             return_prefix_tokens=True,
         )
     for got, (patches, prefix) in zip(feats.layers, want, strict=True):
@@ -76,7 +82,9 @@ def test_timm_safetensors_loads(tmp_path: Path, vits_random_state) -> None:
     path = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in vits_random_state.items()}, str(path))
     enc = build_encoder("dinov2_vits14_reg", str(path))
-    torch.testing.assert_close(enc.vit.blocks[0].attn.qkv.weight, vits_random_state["blocks.0.attn.qkv.weight"])
+    torch.testing.assert_close(
+        enc.vit.blocks[0].attn.qkv.weight, vits_random_state["blocks.0.attn.qkv.weight"]
+    )
 
 
 def test_checkpoint_with_wrong_keys_is_rejected(tmp_path: Path, vits_random_state) -> None:
@@ -154,7 +162,9 @@ def test_crop_must_fit_stride() -> None:
         enc.check_crop(60)
 
 
-@pytest.mark.skipif(not MOBILENET.is_file(), reason="needs ../shared/weights/mobilenet_v2_imagenet.safetensors")
+@pytest.mark.skipif(
+    not MOBILENET.is_file(), reason="needs ../shared/weights/mobilenet_v2_imagenet.safetensors"
+)
 def test_mobilenet_real_weights_load_strictly() -> None:
     enc = build_encoder("mobilenet_v2", str(MOBILENET))
     feats = enc(torch.zeros(1, 3, 224, 224))
@@ -163,4 +173,10 @@ def test_mobilenet_real_weights_load_strictly() -> None:
 
 
 def test_backbone_list() -> None:
-    assert set(BACKBONES) >= {"dinov2_vits14_reg", "dinov2_vitb14_reg", "dinov2_vitl14_reg", "mobilenet_v2", "tiny_vit"}
+    assert set(BACKBONES) >= {
+        "dinov2_vits14_reg",
+        "dinov2_vitb14_reg",
+        "dinov2_vitl14_reg",
+        "mobilenet_v2",
+        "tiny_vit",
+    }

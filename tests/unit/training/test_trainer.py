@@ -12,6 +12,11 @@ from ssfilter.training.checkpoint import LOG_FILE, MODEL_FILE, STATE_FILE, load_
 from ssfilter.training.trainer import BatchPlan, Trainer
 
 
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
 def test_batch_plan_is_deterministic_and_drop_last() -> None:
     plan = BatchPlan(10, 4, seed=3)
     assert plan.per_epoch == 2
@@ -20,7 +25,9 @@ def test_batch_plan_is_deterministic_and_drop_last() -> None:
     assert set(batches[0]).isdisjoint(batches[1])
     again = BatchPlan(10, 4, seed=3)
     assert [again.indices(i) for i in reversed(range(6))] == list(reversed(batches))
-    assert BatchPlan(10, 4, seed=4).indices(0) != batches[0] or BatchPlan(10, 4, seed=4).indices(1) != batches[1]
+    assert (
+        BatchPlan(10, 4, seed=4).indices(0) != batches[0] or BatchPlan(10, 4, seed=4).indices(1) != batches[1]
+    )
 
 
 def test_batch_plan_small_dataset_warns() -> None:
@@ -38,7 +45,7 @@ def test_training_writes_run_folder(tmp_path: Path, synthetic_mvtec: Path, tiny_
     assert result.iterations == 6
     for name in (MODEL_FILE, STATE_FILE, LOG_FILE, "config.yaml"):
         assert (run / name).is_file()
-    rows = list(csv.DictReader(open(run / LOG_FILE)))
+    rows = _rows(run / LOG_FILE)
     assert [int(r["iteration"]) for r in rows] == list(range(1, 7))
     assert float(rows[0]["lr"]) == 0.0 and float(rows[1]["lr"]) > 0
     assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
@@ -52,7 +59,7 @@ def test_loss_decreases_on_tiny_model(tmp_path: Path, synthetic_mvtec: Path, tin
     tiny_config.train.iters = 30
     tiny_config.train.checkpoint_every = 30
     Trainer(tiny_config, discover(synthetic_mvtec, "train"), tmp_path / "run", progress=False).fit()
-    losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "run" / LOG_FILE))]
+    losses = [float(r["loss"]) for r in _rows(tmp_path / "run" / LOG_FILE)]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
 
 
@@ -70,5 +77,7 @@ def test_resume_gives_identical_weights(tmp_path: Path, synthetic_mvtec: Path, t
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
-    rows = list(csv.DictReader(open(tmp_path / "cut" / LOG_FILE)))
-    assert [int(r["iteration"]) for r in rows] == list(range(1, 7)), "log rows after the checkpoint are replaced"
+    rows = _rows(tmp_path / "cut" / LOG_FILE)
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 7)), (
+        "log rows after the checkpoint are replaced"
+    )

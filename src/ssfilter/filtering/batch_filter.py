@@ -1,0 +1,177 @@
+"""SSFilter's in-batch filter: score, select and prepare restoration material for one mini-batch.
+
+This joins the pieces of paper §3.2-3.5 -- patch comparison scores ``A`` (Algorithm 1), MC-dropout
+uncertainty ``U`` (§3.3), the synergy selection (Eq. 5-10) and anomalous material extraction
+(Eq. 11) -- behind one object used both by the trainer (every iteration) and by the dataset-level
+filter (§3.6, with a trained model). Its random state and material bank are part of the training
+state, so resumed runs stay identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ssfilter.config import FilterConfig
+from ssfilter.filtering.patch_scoring import batch_anomaly_scores
+from ssfilter.filtering.restoration import (
+    Material,
+    MaterialBank,
+    extract_materials,
+    foreground_masks,
+    materials_per_image,
+    synthesize_batch,
+)
+from ssfilter.filtering.synergy import FilterDecision, synergy_select
+from ssfilter.filtering.uncertainty import Uncertainty, mc_uncertainty
+from ssfilter.models.dinomaly import DinomalyModel
+from ssfilter.models.encoders import EncoderFeatures
+
+__all__ = ["BatchFilter", "BatchSelection", "Synthesis"]
+
+
+@dataclass
+class BatchSelection:
+    """What the filter decided for one batch.
+
+    Attributes:
+        decision: Keep / material vectors and the filter's statistics.
+        scores: Patch comparison scores ``A`` ``[B]`` (None when patch scoring is off).
+        uncertainty: MC-dropout result (None when uncertainty scoring is off).
+        materials: Materials extracted from this batch's candidates.
+    """
+
+    decision: FilterDecision
+    scores: Tensor | None
+    uncertainty: Uncertainty | None
+    materials: list[Material] = field(default_factory=list)
+
+
+@dataclass
+class Synthesis:
+    """Synthetic anomalies made from kept images, and which clean image each one restores."""
+
+    images: Tensor
+    source_index: Tensor
+    masks: Tensor
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+class BatchFilter:
+    """Scores a batch with patch comparison and uncertainty, selects, and synthesises anomalies.
+
+    Args:
+        cfg: Filter configuration (ablation switches, K, tau, ratios).
+        total_iters: Training length (the number of pasted materials grows over it).
+        seed: Seed of the synthesis random generator.
+        bank_capacity: Materials kept across iterations; 0 = the current batch only (the paper's
+            reading: synthesis uses the candidates of the same mini-batch).
+    """
+
+    def __init__(self, cfg: FilterConfig, total_iters: int, seed: int = 0, bank_capacity: int = 0) -> None:
+        if not (cfg.patch_scoring or cfg.uncertainty):
+            raise ValueError("the filter needs patch scoring, uncertainty scoring or both")
+        self.cfg = cfg
+        self.total_iters = total_iters
+        self.bank = MaterialBank(bank_capacity)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    # -- scoring and selection -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score(self, model: DinomalyModel, feats: EncoderFeatures) -> tuple[Tensor | None, Uncertainty | None]:
+        """Patch comparison scores ``A`` and MC-dropout uncertainty of a batch (as configured)."""
+        cfg = self.cfg
+        a = None
+        if cfg.patch_scoring and feats.batch_size >= 2:
+            desc = model.encoder.patch_descriptors(feats)
+            a = batch_anomaly_scores(desc, cfg.patch_topk_ratio, cfg.image_topk_ratio, cfg.block_rows)
+        unc = mc_uncertainty(model, feats, cfg.mc_passes, cfg.image_topk_ratio) if cfg.uncertainty else None
+        return a, unc
+
+    @torch.no_grad()
+    def select(
+        self, iteration: int, model: DinomalyModel, feats: EncoderFeatures, images: Tensor | None = None
+    ) -> BatchSelection:
+        """Score and select one batch; with ``images``, also extract materials of the candidates."""
+        cfg = self.cfg
+        a, unc = self.score(model, feats)
+        b = feats.batch_size
+        if b < 2:
+            # Small-batch guard: comparison needs other images; a single image is simply kept.
+            decision = synergy_select(
+                torch.zeros(b), torch.zeros(b), iteration=iteration, cold_start_iters=cfg.cold_start_iters
+            )
+            return BatchSelection(decision, a, unc)
+        u = unc.uncertainty.cpu() if unc is not None else None
+        decision = synergy_select(
+            a.cpu() if a is not None else None,
+            u,
+            iteration=iteration,
+            cold_start_iters=cfg.cold_start_iters,
+            tau=cfg.tau,
+            keep_ratio=cfg.keep_ratio,
+            use_patch_scoring=cfg.patch_scoring,
+            use_uncertainty=cfg.uncertainty,
+            use_urecall=cfg.urecall,
+        )
+        materials: list[Material] = []
+        if images is not None and cfg.restoring and unc is not None and bool(decision.material.any()):
+            materials = extract_materials(
+                images,
+                unc.acc_map,
+                decision.material.to(images.device),
+                cfg.material_max_ratio,
+                cfg.material_percentile,
+            )
+        return BatchSelection(decision, a, unc, materials)
+
+    # -- restoration ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def synthesize(
+        self,
+        iteration: int,
+        model: DinomalyModel,
+        kept_images: Tensor,
+        kept_feats: EncoderFeatures,
+        selection: BatchSelection,
+    ) -> Synthesis | None:
+        """Paste this batch's materials onto randomly chosen kept images (paper §3.5).
+
+        One synthetic image per material candidate of the batch (paper); the bank supplies the
+        materials. Returns None when restoring is off or there is nothing to paste.
+        """
+        if not self.cfg.restoring:
+            return None
+        self.bank.add(selection.materials)
+        count = len(selection.materials)
+        if count == 0 or len(self.bank) == 0 or kept_images.shape[0] == 0:
+            return None
+        crop = kept_images.shape[-1]
+        fg = foreground_masks(model.encoder.foreground_features(kept_feats), kept_feats.grid, crop)
+        n_per = materials_per_image(
+            iteration, self.total_iters, self.cfg.materials_min, self.cfg.materials_max
+        )
+        images, source, masks = synthesize_batch(
+            kept_images, fg.to(kept_images.device), self.bank.materials, count, n_per, self.generator
+        )
+        if images.shape[0] == 0:
+            return None
+        return Synthesis(images, source, masks)
+
+    # -- state --------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Random state and material bank (tensors and plain values only)."""
+        return {"generator": self.generator.get_state(), "bank": self.bank.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.generator.set_state(state["generator"])
+        self.bank.load_state_dict(state["bank"])

@@ -1,0 +1,505 @@
+"""Dataset-level filtering with a trained SSFilter model (paper §3.6; SPEC §6 and §11).
+
+A trained model's in-batch filter is run over the whole training set for ``kappa1`` random epochs; an image
+is *normal* when the filter keeps it **more than** ``kappa2`` times (``times_kept > min_keep``), otherwise
+*anomalous*. The result can be written as ``filter.csv`` / ``filter.json`` and, on request, the kept images
+laid out as a clean training folder of links or copies. The user's files are only ever read.
+
+Choices where the paper is silent (this module's contract):
+
+* **Batches.** Every epoch is a new seeded permutation cut into batches of exactly ``batch_size`` images, as
+  in training, and every image is *counted* exactly once per epoch: the remainder of ``n % batch_size``
+  images is padded to a full batch with images drawn (seeded, without replacement) from the rest of that
+  epoch; the padding images are scored with the batch but their votes and scores are not counted. A data
+  set smaller than the batch size is filtered in batches of all ``n`` images (with a warning). At least 2
+  images and a batch size of at least 2 are required (the filter compares images within a batch).
+* **Phase.** Every batch is filtered in the regular phase (``iteration = cold_start_iters``), so the
+  uncertainty takes part as it does for a trained model; restoration (synthesis) plays no role.
+* **Randomness.** ``seed`` (default ``cfg.train.seed``) fixes the permutations, the padding and the
+  MC-dropout masks; the caller's global random state is left untouched.
+* **Features.** The encoder is frozen and deterministic, so with ``cache_features=True`` each image is
+  encoded once and its features reused in later epochs, within a memory budget (the trainer's cache).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import secrets
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ssfilter.config import Config
+from ssfilter.data.datasets import LABEL_ANOMALOUS, LABEL_NORMAL, LABEL_UNKNOWN, AnomalyDataset, Sample
+from ssfilter.data.transforms import build_image_transform
+from ssfilter.filtering.batch_filter import BatchFilter
+from ssfilter.io import atomic_write_json, atomic_writer
+from ssfilter.models.dinomaly import DinomalyModel
+from ssfilter.models.encoders import EncoderFeatures
+from ssfilter.training.trainer import _BatchCache
+
+__all__ = [
+    "CSV_FIELDS",
+    "FILTER_CSV",
+    "FILTER_JSON",
+    "MANIFEST_CSV",
+    "FilterRecord",
+    "FilterRecords",
+    "decide",
+    "export_clean",
+    "filter_dataset",
+    "summarize",
+    "write_filter_outputs",
+]
+
+Decision = Literal["normal", "anomalous"]
+ExportMode = Literal["auto", "symlink", "hardlink", "copy"]
+
+#: Columns of ``filter.csv`` (SPEC §11), in order.
+CSV_FIELDS = ["path", "times_seen", "times_kept", "mean_score", "mean_uncertainty", "decision"]
+FILTER_CSV = "filter.csv"
+FILTER_JSON = "filter.json"
+MANIFEST_CSV = "manifest.csv"
+#: Where :func:`export_clean` puts the kept images (MVTec / anomalib ``Folder`` normal-image folder).
+EXPORT_SUBDIR = Path("train") / "good"
+
+
+@dataclass
+class FilterRecord:
+    """The dataset-level filter's verdict on one image.
+
+    Attributes:
+        path: Image file.
+        times_seen: Epochs in which the image was scored (``epochs``).
+        times_kept: How often the in-batch filter kept it.
+        mean_score: Mean patch comparison score ``A`` (NaN when patch scoring is off).
+        mean_uncertainty: Mean MC-dropout uncertainty ``U`` (NaN when uncertainty scoring is off).
+        decision: ``"normal"`` when ``times_kept > min_keep``, else ``"anomalous"``.
+        label: True label when known (0 normal, 1 anomalous), -1 otherwise; used for the summary only and
+            never written to ``filter.csv``.
+    """
+
+    path: str
+    times_seen: int
+    times_kept: int
+    mean_score: float
+    mean_uncertainty: float
+    decision: Decision
+    label: int = LABEL_UNKNOWN
+
+
+class FilterRecords(list[FilterRecord]):
+    """A list of :class:`FilterRecord` that also remembers the filter's parameters (for ``filter.json``)."""
+
+    def __init__(self, records: Sequence[FilterRecord] = (), params: dict[str, Any] | None = None) -> None:
+        super().__init__(records)
+        self.params: dict[str, Any] = dict(params or {})
+
+
+def decide(times_kept: int, min_keep: int) -> Decision:
+    """Paper §3.6: normal when kept *more than* ``min_keep`` (kappa2) times."""
+    return "normal" if times_kept > min_keep else "anomalous"
+
+
+# -- filtering ----------------------------------------------------------------------------------------
+
+
+class _FeatureCache(_BatchCache):
+    """The trainer's memory-bounded cache, used for encoder features only.
+
+    Filtering never needs the images of already-encoded items, so only the images still to be encoded are
+    read and none are kept: the whole budget goes to features. ``max_bytes=0`` caches nothing.
+    """
+
+    def features(self, indices: Sequence[int]) -> EncoderFeatures:
+        """Encoder features of ``indices`` (distinct), encoding only the ones not cached."""
+        missing = [i for i in indices if i not in self.feats]
+        rows: dict[int, int] = {}
+        fresh: EncoderFeatures | None = None
+        if missing:
+            images = torch.stack([self.dataset[i]["image"] for i in missing]).to(self.device)
+            fresh = self.features_for(missing, images)
+            rows = {i: r for r, i in enumerate(missing)}
+        parts = []
+        for i in indices:
+            if i in rows:
+                assert fresh is not None
+                parts.append(fresh.select(slice(rows[i], rows[i] + 1)))
+            else:
+                parts.append(self.feats[i])
+        return EncoderFeatures.cat(parts)
+
+
+def _epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[tuple[list[int], int]]:
+    """One epoch's batches as ``(indices, counted)``: only the first ``counted`` indices' votes count.
+
+    Full batches of a fresh permutation; the remainder is padded to ``batch_size`` with distinct images
+    drawn from the rest of the epoch (see the module docstring). ``batch_size`` is clamped to ``n``.
+    """
+    b = min(batch_size, n)
+    perm = torch.randperm(n, generator=generator).tolist()
+    full = n // b
+    batches = [(perm[k * b : (k + 1) * b], b) for k in range(full)]
+    rest = perm[full * b :]
+    if rest:
+        others = perm[: full * b]
+        pick = torch.randperm(len(others), generator=generator)[: b - len(rest)].tolist()
+        batches.append((rest + [others[j] for j in pick], len(rest)))
+    return batches
+
+
+def filter_dataset(
+    model: DinomalyModel,
+    samples: Sequence[Sample],
+    cfg: Config,
+    *,
+    epochs: int | None = None,
+    min_keep: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    cache_features: bool = True,
+    seed: int | None = None,
+    cache_bytes: int = 4 << 30,
+) -> FilterRecords:
+    """Classify every training image as normal or anomalous with a trained model (paper §3.6).
+
+    Args:
+        model: Trained model (moved to ``device``; its train/eval mode is restored afterwards).
+        samples: Images to filter (validated; at least 2).
+        cfg: The run's configuration (batch size, preprocessing, filter settings).
+        epochs: kappa1, random epochs over the data set (default ``cfg.filter.epochs``).
+        min_keep: kappa2; normal when kept more than this many times (default ``cfg.filter.min_keep``).
+        device: Where to run.
+        progress: Show a progress bar.
+        cache_features: Encode each image once and reuse its features across epochs.
+        seed: Seed of permutations, padding and dropout masks (default ``cfg.train.seed``).
+        cache_bytes: Memory budget of the feature cache; beyond it features are recomputed.
+
+    Returns:
+        One record per sample, in the order of ``samples``, with the parameters in ``.params``.
+
+    Raises:
+        ValueError: Fewer than 2 images, a batch size below 2, or ``epochs`` / ``min_keep`` out of range.
+    """
+    epochs = cfg.filter.epochs if epochs is None else int(epochs)
+    min_keep = cfg.filter.min_keep if min_keep is None else int(min_keep)
+    seed = cfg.train.seed if seed is None else int(seed)
+    samples = list(samples)
+    n = len(samples)
+    batch_size = cfg.data.batch_size
+    if epochs < 1:
+        raise ValueError(f"epochs (kappa1) must be at least 1, got {epochs}")
+    if not 0 <= min_keep < epochs:
+        raise ValueError(
+            f"min_keep (kappa2) must be in [0, epochs - 1] = [0, {epochs - 1}] (an image is normal when kept "
+            f"more than min_keep times out of {epochs}), got {min_keep}"
+        )
+    if n < 2:
+        raise ValueError(
+            f"dataset-level filtering compares images within a batch and needs at least 2 images, got {n}"
+        )
+    if batch_size < 2:
+        raise ValueError(f"dataset-level filtering needs a batch size of at least 2, got {batch_size}")
+    if n < batch_size:
+        warnings.warn(
+            f"the data set has {n} images, fewer than the batch size {batch_size}; "
+            f"filtering in batches of {n}",
+            stacklevel=2,
+        )
+
+    dev = torch.device(device)
+    model.to(dev)
+    was_training = model.training
+    model.eval()  # the uncertainty passes force the bottleneck dropout on by themselves
+    transform = build_image_transform(cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std)
+    budget = cache_bytes if cache_features else 0
+    cache = _FeatureCache(AnomalyDataset(samples, transform), model, dev, budget)
+    batch_filter = BatchFilter(cfg.filter, max(cfg.train.iters, 1), seed=seed)
+    iteration = cfg.filter.cold_start_iters  # regular phase: uncertainty participates
+    amp = cfg.train.amp and dev.type == "cuda"
+    order = torch.Generator().manual_seed(seed)
+
+    seen = np.zeros(n, dtype=np.int64)
+    kept = np.zeros(n, dtype=np.int64)
+    sum_a = np.zeros(n, dtype=np.float64)
+    sum_u = np.zeros(n, dtype=np.float64)
+    has_a = has_u = False
+    per_epoch = math.ceil(n / min(batch_size, n))
+    bar = tqdm(
+        total=epochs * per_epoch, disable=not progress, desc="filter", unit="batch", dynamic_ncols=True
+    )
+    rng_devices = [dev.index or 0] if dev.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
+            torch.manual_seed(seed)
+            for _ in range(epochs):
+                for indices, counted in _epoch_batches(n, batch_size, order):
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                        feats = cache.features(indices)
+                        sel = batch_filter.select(iteration, model, feats)
+                    ids = np.asarray(indices[:counted])
+                    seen[ids] += 1
+                    kept[ids] += sel.decision.keep[:counted].cpu().numpy().astype(np.int64)
+                    if sel.scores is not None:
+                        has_a = True
+                        sum_a[ids] += sel.scores[:counted].float().cpu().numpy()
+                    if sel.uncertainty is not None:
+                        has_u = True
+                        sum_u[ids] += sel.uncertainty.uncertainty[:counted].float().cpu().numpy()
+                    bar.update(1)
+    finally:
+        bar.close()
+        model.train(was_training)
+
+    records = [
+        FilterRecord(
+            path=str(s.path),
+            times_seen=int(seen[i]),
+            times_kept=int(kept[i]),
+            mean_score=float(sum_a[i] / seen[i]) if has_a else math.nan,
+            mean_uncertainty=float(sum_u[i] / seen[i]) if has_u else math.nan,
+            decision=decide(int(kept[i]), min_keep),
+            label=int(s.label) if s.label in (LABEL_NORMAL, LABEL_ANOMALOUS) else LABEL_UNKNOWN,
+        )
+        for i, s in enumerate(samples)
+    ]
+    params = {"epochs": epochs, "min_keep": min_keep, "batch_size": min(batch_size, n), "seed": seed}
+    return FilterRecords(records, params)
+
+
+# -- summary and outputs ------------------------------------------------------------------------------
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den > 0 else None
+
+
+def summarize(records: Sequence[FilterRecord]) -> dict[str, Any]:
+    """Counts of the filter's decisions and, when every label is known, its quality (paper Fig. 4-5).
+
+    Returns:
+        ``n``, ``n_kept`` (normal decisions), ``n_removed``, ``labels_known`` and the label-based figures
+        ``noise_rate_before`` (anomalous share of the input), ``noise_rate_after`` (anomalous share of the
+        kept images), ``normal_kept`` (share of true normals kept) and ``anomalies_removed`` (share of true
+        anomalies removed). The label-based figures are ``None`` when some label is unknown or when their
+        denominator is 0 (e.g. nothing kept, or no anomalies at all).
+    """
+    n = len(records)
+    normal = [r.decision == "normal" for r in records]
+    n_kept = sum(normal)
+    out: dict[str, Any] = {"n": n, "n_kept": n_kept, "n_removed": n - n_kept}
+    known = n > 0 and all(r.label in (LABEL_NORMAL, LABEL_ANOMALOUS) for r in records)
+    out["labels_known"] = known
+    keys = ("noise_rate_before", "noise_rate_after", "normal_kept", "anomalies_removed")
+    if not known:
+        out.update(dict.fromkeys(keys))
+        return out
+    anomalous = [r.label == LABEL_ANOMALOUS for r in records]
+    n_anom = sum(anomalous)
+    anom_kept = sum(a and k for a, k in zip(anomalous, normal, strict=True))
+    norm_kept = sum((not a) and k for a, k in zip(anomalous, normal, strict=True))
+    out["noise_rate_before"] = _ratio(n_anom, n)
+    out["noise_rate_after"] = _ratio(anom_kept, n_kept)
+    out["normal_kept"] = _ratio(norm_kept, n - n_anom)
+    out["anomalies_removed"] = _ratio(n_anom - anom_kept, n_anom)
+    return out
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.6g}"
+
+
+def write_filter_outputs(
+    records: Sequence[FilterRecord], out_dir: str | os.PathLike[str], extra: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
+    """Write ``filter.csv`` (SPEC §11 columns, one row per image) and ``filter.json`` atomically.
+
+    ``filter.json`` holds the :func:`summarize` keys at the top level, ``"params"`` (epochs, min_keep,
+    batch_size, seed; taken from a :class:`FilterRecords`, else ``None``) and the keys of ``extra``
+    (which may not replace a summary key). Means that were not computed are written ``nan``.
+
+    Returns:
+        ``(csv_path, json_path)``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out / FILTER_CSV, out / FILTER_JSON
+    with atomic_writer(csv_path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(",".join(CSV_FIELDS) + "\n")
+        writer = csv.writer(fh, lineterminator="\n")
+        for r in records:
+            mean_a, mean_u = _fmt(r.mean_score), _fmt(r.mean_uncertainty)
+            writer.writerow([r.path, r.times_seen, r.times_kept, mean_a, mean_u, r.decision])
+    params = getattr(records, "params", None) or {}
+    doc: dict[str, Any] = summarize(records)
+    doc["params"] = {k: params.get(k) for k in ("epochs", "min_keep", "batch_size", "seed")}
+    for key, value in (extra or {}).items():
+        if key in doc:
+            raise ValueError(f"extra key {key!r} would replace a summary field of {FILTER_JSON}")
+        doc[key] = value
+    atomic_write_json(json_path, doc, default=str)
+    return csv_path, json_path
+
+
+# -- clean export -------------------------------------------------------------------------------------
+
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+_MAX_STEM = 150
+
+
+def _safe_part(part: str) -> str:
+    """One path component made harmless: no separators or control characters, no leading dot."""
+    return _UNSAFE_CHARS.sub("_", part).strip().lstrip(".").rstrip(". ")
+
+
+def _export_name(path: str, source_root: str | None) -> str:
+    """A flat, sanitised file name for ``path`` (uniqueness is handled by the caller).
+
+    Under ``source_root`` the relative sub-path is kept, its leading ``train/good`` dropped and the
+    remaining components joined with ``__`` (``test/crack/001.png`` -> ``test__crack__001.png``); anything
+    else keeps its base name. The result is one plain component: no separator, never ``.``/``..``, not hidden.
+    """
+    src = os.path.abspath(path)  # normalises '..' components away
+    parts: list[str] = [os.path.basename(src)]
+    if source_root is not None:
+        try:
+            rel = os.path.relpath(src, os.path.abspath(source_root))
+        except ValueError:  # another drive (Windows)
+            rel = ""
+        rel_parts = Path(rel).parts
+        if rel and not os.path.isabs(rel) and ".." not in rel_parts:
+            if tuple(p.casefold() for p in rel_parts[:2]) == ("train", "good") and len(rel_parts) > 2:
+                rel_parts = rel_parts[2:]
+            parts = list(rel_parts)
+    safe = [p for p in (_safe_part(p) for p in parts) if p]
+    name = "__".join(safe) or "image"
+    stem, suffix = os.path.splitext(name)
+    return stem[:_MAX_STEM] + suffix[:16]
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """``name``, or ``stem_1.ext``, ``stem_2.ext``, ... -- unique even on case-insensitive file systems."""
+    stem, suffix = os.path.splitext(name)
+    candidate, k = name, 0
+    while candidate.casefold() in used:
+        k += 1
+        candidate = f"{stem}_{k}{suffix}"
+    used.add(candidate.casefold())
+    return candidate
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def export_clean(
+    records: Sequence[FilterRecord],
+    dest: str | os.PathLike[str],
+    *,
+    source_root: str | os.PathLike[str] | None = None,
+    mode: ExportMode = "auto",
+) -> Path:
+    """Lay out the images judged normal as a training folder: ``dest/train/good/<name>`` + ``manifest.csv``.
+
+    The folder trains directly with ssfilter (``--data dest``) and anomalib's ``Folder`` datamodule
+    (``root=dest, normal_dir="train/good"``). Names are flat and sanitised (see :func:`_export_name`), made
+    unique with a ``_<k>`` suffix, so nothing is ever written outside ``dest``. ``manifest.csv`` maps each
+    ``source`` (absolute path) to its ``exported`` path (relative to ``dest``). The tree is built in a hidden
+    folder beside ``dest`` and renamed into place, so ``dest`` appears complete or not at all.
+
+    Args:
+        records: Filter records; those with decision ``"normal"`` are exported.
+        dest: Output folder; must not exist or be empty, and must not lie inside a source folder.
+        source_root: Folder the images come from (e.g. the MVTec category); keeps their sub-paths in the
+            names and is protected like the images' own folders.
+        mode: ``"symlink"``, ``"hardlink"`` (shares the file's content with the source), ``"copy"``, or
+            ``"auto"`` (symlinks, falling back to copies where links cannot be made).
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        ValueError: Unknown mode, or ``dest`` inside a source folder.
+        FileExistsError: ``dest`` exists and is not an empty folder.
+        FileNotFoundError: A kept image no longer exists.
+    """
+    if mode not in ("auto", "symlink", "hardlink", "copy"):
+        raise ValueError(f"unknown export mode {mode!r}; choose auto, symlink, hardlink or copy")
+    out = Path(os.path.abspath(dest))
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+        raise FileExistsError(f"'{out}' already exists and is not an empty folder; choose a new destination")
+    real_out = Path(os.path.realpath(out))
+    protected = {Path(os.path.realpath(os.path.dirname(os.path.abspath(r.path)))) for r in records}
+    if source_root is not None:
+        protected.add(Path(os.path.realpath(source_root)))
+    for folder in sorted(protected):
+        if _inside(real_out, folder):
+            raise ValueError(f"refusing to export into '{out}': it lies inside the source folder '{folder}'")
+
+    kept = [r for r in records if r.decision == "normal"]
+    for r in kept:
+        if not os.path.isfile(r.path):
+            raise FileNotFoundError(
+                f"kept image '{r.path}' does not exist (moved or deleted after filtering?)"
+            )
+    if not kept:
+        warnings.warn("the filter kept no image; the exported folder is empty", stacklevel=2)
+
+    root = None if source_root is None else os.fspath(source_root)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = _make_staging(out)
+    try:
+        good = staging / EXPORT_SUBDIR
+        good.mkdir(parents=True)
+        used: set[str] = set()
+        rows: list[tuple[str, str]] = []
+        link = mode in ("auto", "symlink")
+        for r in kept:
+            src = os.path.abspath(r.path)
+            name = _unique(_export_name(src, root), used)
+            target = good / name
+            if link:
+                try:
+                    os.symlink(src, target)
+                except OSError:
+                    if mode == "symlink":
+                        raise
+                    link = False  # auto: this platform / file system cannot link, copy from now on
+            if not link:
+                if mode == "hardlink":
+                    os.link(src, target)
+                else:
+                    shutil.copy2(src, target)
+            rows.append((src, (EXPORT_SUBDIR / name).as_posix()))
+        with atomic_writer(staging / MANIFEST_CSV, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["source", "exported"])
+            writer.writerows(rows)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _make_staging(out: Path) -> Path:
+    """A new hidden folder beside ``out`` (normal permissions, unlike ``tempfile.mkdtemp``)."""
+    while True:
+        candidate = out.parent / f".{out.name}.{secrets.token_hex(4)}.partial"
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
