@@ -14,7 +14,6 @@ import csv
 import json
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -44,7 +43,9 @@ def _time_method(method: str, args: argparse.Namespace, data: Path, out: Path) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="cpu-fast")
     parser.add_argument("--iters", type=int, default=30, help="timed iterations per method")
     parser.add_argument("--warmup", type=int, default=5, help="untimed first iterations")
@@ -62,7 +63,9 @@ def main() -> None:
         results = {m: _time_method(m, args, data, tmp_path) for m in ("dinomaly", "ssfilter")}
     ratio = results["ssfilter"]["s_per_iter"] / results["dinomaly"]["s_per_iter"]
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
-    print(f"preset {args.preset}, device {args.device}, batch {results['dinomaly']['batch']}, {args.iters} timed iters")
+    print(
+        f"preset {args.preset}, device {args.device}, batch {results['dinomaly']['batch']}, {args.iters} timed iters"
+    )
     print(f"{'method':<10} {'s/iter':>8} {'images/s':>9}")
     for m, r in results.items():
         print(f"{m:<10} {r['s_per_iter']:>8.3f} {r['images_per_s']:>9.1f}")
