@@ -64,7 +64,8 @@ def main() -> None:
     ratio = results["ssfilter"]["s_per_iter"] / results["dinomaly"]["s_per_iter"]
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
     print(
-        f"preset {args.preset}, device {args.device}, batch {results['dinomaly']['batch']}, {args.iters} timed iters"
+        f"preset {args.preset}, device {args.device}, batch {results['dinomaly']['batch']}, "
+        f"{args.iters} timed iters"
     )
     print(f"{'method':<10} {'s/iter':>8} {'images/s':>9}")
     for m, r in results.items():
