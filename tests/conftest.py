@@ -9,9 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ssfilter.data.synthetic import make_synthetic_category
+
+# The test models are tiny: one thread is fastest and keeps timings stable on a shared 2-core machine.
+torch.set_num_threads(1)
 
 # Names written by ``bad_images_dir`` (tests refer to them directly).
 GOOD = "good.png"

@@ -218,6 +218,69 @@ class Detector:
             atomic_write_json(out, payload)
         return payload
 
+    def filter(
+        self,
+        data: str | Path | None = None,
+        out: str | Path = "filter_out",
+        *,
+        epochs: int | None = None,
+        min_keep: int | None = None,
+        export_clean: str | Path | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Filter a whole training set with the trained model (paper §3.6).
+
+        Runs ``epochs`` (kappa_1) random epochs of the in-batch filter and calls an image normal when
+        it was kept more than ``min_keep`` (kappa_2) times. Writes ``out/filter.csv`` and
+        ``out/filter.json``; with ``export_clean`` also lays the kept images out as a training folder
+        (links where possible). The input folder is never modified.
+
+        Args:
+            data: Folder to filter; default: the run's training set (with its injected noise, if any).
+            out: Output folder for ``filter.csv`` and ``filter.json``.
+            epochs: kappa_1 (default ``filter.epochs``, 20).
+            min_keep: kappa_2 (default ``filter.min_keep``, 5).
+            export_clean: Folder to receive the kept images (must not exist or be empty).
+            progress: Show a progress bar.
+
+        Returns:
+            The ``filter.json`` summary.
+        """
+        from ssfilter.filtering.dataset_filter import export_clean as export
+        from ssfilter.filtering.dataset_filter import filter_dataset, write_filter_outputs
+
+        model = self._ensure_model()
+        samples = self._filter_samples(data)
+        device = next(model.parameters()).device
+        records = filter_dataset(
+            model, samples, self.config, epochs=epochs, min_keep=min_keep, device=device, progress=progress
+        )
+        extra: dict[str, Any] = {"run": str(self.run_dir) if self.run_dir else None}
+        if export_clean is not None:
+            source = Path(data) if data is not None else self.data
+            dest = export(records, export_clean, source_root=source)
+            extra["export_clean"] = str(dest)
+        csv_path, json_path = write_filter_outputs(records, out, extra)
+        import json
+
+        return json.loads(Path(json_path).read_text(encoding="utf-8"))
+
+    def _filter_samples(self, data: str | Path | None) -> list[Sample]:
+        """Training images to filter: the given folder, or the run's own (noisy) training set."""
+        if data is not None:
+            return prepare_training_samples(data)[0]
+        split_file = self.run_dir / NOISE_SPLIT_FILE if self.run_dir is not None else None
+        if split_file is not None and split_file.is_file() and self.data is not None:
+            from ssfilter.data.noise import NoiseSplit, apply_split
+
+            train = apply_split(self.data, NoiseSplit.load(split_file))[0]
+            good, _ = validate_images([Path(s.path) for s in train])
+            keep = {str(p) for p in good}
+            return [s for s in train if s.path in keep]
+        if self.data is None:
+            raise ValueError("no data to filter: pass data=... (a folder of images)")
+        return prepare_training_samples(self.data)[0]
+
     def _test_samples(self, root: Path) -> list[Sample]:
         """The test split, honouring the run's ``noise_split.json`` when it was trained on ``root``."""
         split_file = self.run_dir / NOISE_SPLIT_FILE if self.run_dir is not None else None

@@ -90,6 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
+    p = sub.add_parser(
+        "filter", help="filter a whole training set with a trained run (writes filter.csv/json)"
+    )
+    p.add_argument("--run", type=Path, required=True, help="trained run folder")
+    p.add_argument(
+        "--data", type=Path, default=None, help="folder to filter (default: the run's training set)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder for filter.csv and filter.json")
+    p.add_argument("--epochs", type=int, default=None, help="random epochs kappa_1 (default 20)")
+    p.add_argument(
+        "--min-keep", type=int, default=None, help="normal when kept more than this often (default 5)"
+    )
+    p.add_argument(
+        "--export-clean", type=Path, default=None, help="lay out the kept images as a training folder"
+    )
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
     p = sub.add_parser("info", help="parameter count and GFLOPs of a configuration (JSON)")
     _add_config_options(p, train=False)
 
@@ -164,6 +181,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_filter(args: argparse.Namespace) -> int:
+    from ssfilter.api import Detector
+
+    det = Detector.load(args.run, device=args.device)
+    summary = det.filter(
+        args.data,
+        args.out,
+        epochs=args.epochs,
+        min_keep=args.min_keep,
+        export_clean=args.export_clean,
+        progress=not args.quiet,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from ssfilter.api import model_info
 
@@ -178,7 +211,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "info": _cmd_info, "demo": _cmd_demo}
+_COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "filter": _cmd_filter,
+    "info": _cmd_info,
+    "demo": _cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

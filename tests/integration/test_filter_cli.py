@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from ssfilter.cli import main
+from ssfilter.config import save_config
+
+
+def _tree_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_train_noisy_then_filter_and_export(
+    tmp_path: Path, synthetic_mvtec: Path, tiny_config, capsys
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_mvtec, data)
+    before = _tree_hash(data)
+    tiny_config.train.method = "ssfilter"
+    tiny_config.data.batch_size = 4
+    cfg = tmp_path / "cfg.yaml"
+    save_config(tiny_config, cfg)
+    run = tmp_path / "run"
+    args = ["-q", "train", "--data", str(data), "--config", str(cfg), "--out", str(run)]
+    assert main([*args, "--noise", "0.25", "--overlap"]) == 0
+    split = json.loads((run / "noise_split.json").read_text())
+    assert {"alpha", "overlap", "seed", "injected", "test"} <= set(split)
+    assert len(split["injected"]) == 2 and split["overlap"] is True
+    summary = json.loads((run / "filter_summary.json").read_text())
+    assert summary["anomalies_seen"] is not None
+
+    out = tmp_path / "filtered"
+    clean = tmp_path / "clean"
+    capsys.readouterr()
+    code = main(
+        [
+            "-q",
+            "filter",
+            "--run",
+            str(run),
+            "--out",
+            str(out),
+            "--epochs",
+            "4",
+            "--min-keep",
+            "1",
+            "--export-clean",
+            str(clean),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    with (out / "filter.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["path", "times_seen", "times_kept", "mean_score", "mean_uncertainty", "decision"]
+    assert len(rows) == 8 + 2  # the run's training set: clean images + injected anomalies
+    assert all(int(r["times_seen"]) == 4 for r in rows)
+    for r in rows:
+        assert r["decision"] == ("normal" if int(r["times_kept"]) > 1 else "anomalous")
+    report = json.loads((out / "filter.json").read_text())
+    assert report["noise_rate_before"] == 0.2
+    kept = [r for r in rows if r["decision"] == "normal"]
+    exported = list((clean / "train" / "good").iterdir())
+    assert len(exported) == len(kept)
+    assert _tree_hash(data) == before, "the input folder must never change"
+
+    # the exported folder is itself a valid ssfilter training folder
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--data",
+                str(clean),
+                "--config",
+                str(cfg),
+                "--out",
+                str(tmp_path / "r2"),
+                "--iters",
+                "2",
+                "--method",
+                "dinomaly",
+            ]
+        )
+        == 0
+    )
