@@ -247,7 +247,7 @@ def _preset_cpu_fast() -> Config:
     cfg.train.hard_mining_ramp = 300
     cfg.train.checkpoint_every = 50
     cfg.filter.cold_start_iters = 150
-    cfg.filter.mc_passes = 4
+    cfg.filter.mc_passes = 3
     return cfg
 
 
