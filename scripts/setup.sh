@@ -8,11 +8,11 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 # Some package mirrors print one harmless warning per missing index folder; hide only those lines.
-set +o pipefail
+set +eo pipefail
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory"
 status=${PIPESTATUS[0]}
-set -o pipefail
+set -eo pipefail
 if [ "$status" -ne 0 ]; then
     echo "setup: pip install failed (exit $status)" >&2
     exit "$status"
