@@ -107,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
+    p = sub.add_parser("benchmark", help="methods x noise levels on one MVTec-layout folder (paper tables)")
+    p.add_argument("--data", type=Path, required=True, help="MVTec-layout category")
+    p.add_argument("--alphas", default="0,0.1,0.2,0.4", help="noise levels, comma separated")
+    p.add_argument("--overlap", action="store_true", help="keep injected images in the test set")
+    p.add_argument("--noise-seed", type=int, default=0, help="seed of the injected selection")
+    p.add_argument(
+        "--methods",
+        default="ssfilter,dinomaly",
+        help="comma separated: ssfilter, dinomaly, patchcore, dinomaly+filter, patchcore+filter",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder (results.json, results.md, runs)")
+    _add_config_options(p, train=True)
+
     p = sub.add_parser("info", help="parameter count and GFLOPs of a configuration (JSON)")
     _add_config_options(p, train=False)
 
@@ -197,6 +210,30 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from ssfilter.evaluation.benchmark import parse_methods, run_benchmark
+
+    methods = parse_methods(args.methods)
+    try:
+        alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+    except ValueError:
+        raise ValueError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
+    t0 = time.perf_counter()
+    run_benchmark(
+        args.data,
+        alphas,
+        methods,
+        _config_from_args(args),
+        args.out,
+        overlap=args.overlap,
+        noise_seed=args.noise_seed,
+        progress=not args.quiet,
+    )
+    print((args.out / "results.md").read_text(encoding="utf-8"))
+    print(f"benchmark finished in {time.perf_counter() - t0:.0f}s; results in {args.out}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from ssfilter.api import model_info
 
@@ -215,6 +252,7 @@ _COMMANDS = {
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
     "filter": _cmd_filter,
+    "benchmark": _cmd_benchmark,
     "info": _cmd_info,
     "demo": _cmd_demo,
 }

@@ -149,7 +149,9 @@ class RoPE2D(nn.Module):
             # Expanded to the full width, in the interleaved pair layout: out = x * cos + swap(x) * sin,
             # with swap(x) = (x1, x0, x3, x2, ...) and the sign of sin folded in (-sin, +sin per pair).
             cos = angles.cos().repeat_interleave(2, dim=-1).to(device=device, dtype=dtype)
-            sin = torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(-2).to(device=device, dtype=dtype)
+            sin = (
+                torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(-2).to(device=device, dtype=dtype)
+            )
         if len(self._cache) >= self._max_cached:
             self._cache.pop(next(iter(self._cache)))
         self._cache[key] = (cos, sin)

@@ -1,0 +1,192 @@
+"""``ssfilter benchmark``: methods x noise levels on one data set, in one command (SPEC §7, §11).
+
+For every alpha the SoftPatch protocol builds one noisy training set and test set; every method is
+trained on it and evaluated with the same metrics. ``X+filter`` trains X on the images that a
+trained SSFilter kept when filtering that noisy training set (paper §3.6, Table 1 lower half); the
+SSFilter run and its filter decisions are shared by all ``+filter`` methods of an alpha.
+
+Outputs in ``out``: ``results.json`` (``{"rows": [{"method", "alpha", "overlap", "metrics", "filter"}]}``),
+``results.md`` (I-AUROC/P-AUPRO per alpha and their mean, like the paper's tables, plus the
+filter-quality table of Fig. 4-5) and one folder per alpha with the runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ssfilter.config import Config
+from ssfilter.data.datasets import Sample
+from ssfilter.io import atomic_write_json, atomic_write_text
+
+__all__ = ["BASE_METHODS", "parse_methods", "results_markdown", "run_benchmark"]
+
+BASE_METHODS = ("ssfilter", "dinomaly", "patchcore")
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    """Validate a method list such as ``"dinomaly,ssfilter,patchcore,patchcore+filter"``."""
+    items = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    if not items:
+        raise ValueError("no methods given")
+    for m in items:
+        base = m.removesuffix("+filter")
+        if base not in BASE_METHODS or (m.endswith("+filter") and base == "ssfilter"):
+            allowed = [*BASE_METHODS, "dinomaly+filter", "patchcore+filter"]
+            raise ValueError(f"unknown benchmark method {m!r}; choose from {', '.join(allowed)}")
+    return items
+
+
+def run_benchmark(
+    data: str | Path,
+    alphas: Sequence[float],
+    methods: Sequence[str],
+    cfg: Config,
+    out: str | Path,
+    *,
+    overlap: bool = False,
+    noise_seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and evaluate every method at every noise level; write results.json and results.md."""
+    from ssfilter.data.noise import contamination, softpatch_split
+
+    methods = parse_methods(methods)
+    out = Path(out)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for alpha in alphas:
+        train, test, split = softpatch_split(data, alpha, overlap=overlap, seed=noise_seed)
+        folder = out / f"alpha_{alpha:g}"
+        split.save(folder / "noise_split.json")
+        ssf_model = None
+        kept: list[Sample] | None = None
+        filter_stats = None
+        if "ssfilter" in methods or any(m.endswith("+filter") for m in methods):
+            ssf_model = _train(cfg, "ssfilter", train, folder / "ssfilter", progress)
+        if any(m.endswith("+filter") for m in methods):
+            kept, filter_stats = _filter(ssf_model, train, cfg, folder / "filter", progress)
+            filter_stats["noise_rate_before"] = contamination(train)["noise_rate"]
+        for method in methods:
+            t0 = time.perf_counter()
+            base = method.removesuffix("+filter")
+            samples = kept if method.endswith("+filter") else train
+            assert samples is not None
+            if base == "patchcore":
+                metrics = _patchcore(cfg, samples, test, progress)
+            else:
+                model = (
+                    ssf_model
+                    if method == "ssfilter"
+                    else _train(cfg, base, samples, folder / method, progress)
+                )
+                metrics = _evaluate(model, test, cfg, progress)
+            rows.append(
+                {
+                    "method": method,
+                    "alpha": alpha,
+                    "overlap": overlap,
+                    "metrics": metrics,
+                    "filter": filter_stats if method.endswith("+filter") else None,
+                    "n_train": len(samples),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
+            atomic_write_json(out / "results.json", {"rows": rows})
+    payload = {"rows": rows, "seconds": round(time.perf_counter() - started, 1), "data": str(data)}
+    atomic_write_json(out / "results.json", payload)
+    atomic_write_text(out / "results.md", results_markdown(rows))
+    return payload
+
+
+def _train(cfg: Config, method: str, samples: Sequence[Sample], run: Path, progress: bool) -> Any:
+    from ssfilter.training.checkpoint import load_model
+    from ssfilter.training.trainer import Trainer
+
+    c = cfg.copy()
+    c.train.method = method
+    Trainer(c, samples, run, progress=progress).fit()
+    return load_model(run, c)
+
+
+def _evaluate(model: Any, test: Sequence[Sample], cfg: Config, progress: bool) -> dict[str, float | None]:
+    from ssfilter.evaluation.evaluate import evaluate_model
+
+    device = next(model.parameters()).device
+    return evaluate_model(model, test, cfg, device=device, progress=progress).metrics
+
+
+def _filter(
+    model: Any, train: Sequence[Sample], cfg: Config, out: Path, progress: bool
+) -> tuple[list[Sample], dict[str, Any]]:
+    from ssfilter.filtering.dataset_filter import filter_dataset, summarize, write_filter_outputs
+
+    device = next(model.parameters()).device
+    records = filter_dataset(model, train, cfg, device=device, progress=progress)
+    write_filter_outputs(records, out)
+    normal = {r.path for r in records if r.decision == "normal"}
+    summary = summarize(records)
+    stats = {
+        "noise_rate_after": summary["noise_rate_after"],
+        "normal_kept": summary["normal_kept"],
+        "anomalies_removed": summary["anomalies_removed"],
+        "n_kept": summary["n_kept"],
+    }
+    return [s for s in train if s.path in normal], stats
+
+
+def _patchcore(
+    cfg: Config, train: Sequence[Sample], test: Sequence[Sample], progress: bool
+) -> dict[str, float | None]:
+    from ssfilter.baselines.patchcore import evaluate_patchcore, fit_patchcore
+    from ssfilter.models.encoders import build_encoder
+    from ssfilter.training.trainer import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    encoder = build_encoder(cfg.model.backbone, cfg.model.weights, allow_random=cfg.model.random_init)
+    model = fit_patchcore(train, encoder, cfg.data, device=device, progress=progress)
+    return evaluate_patchcore(model, test, cfg.data, device=device, progress=progress)["metrics"]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Paper-style tables: I-AUROC/P-AUPRO (%) per alpha and their mean; filter quality per alpha."""
+    alphas = sorted({r["alpha"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["method"], r["alpha"]): r for r in rows}
+    head = "| method | " + " | ".join(f"alpha={a:g}" for a in alphas) + " | mean |"
+    lines = ["I-AUROC / P-AUPRO (%)", "", head, "|" + "---|" * (len(alphas) + 2)]
+    for m in methods:
+        cells, i_vals, p_vals = [], [], []
+        for a in alphas:
+            r = by.get((m, a))
+            i = r["metrics"].get("I-AUROC") if r else None
+            p = r["metrics"].get("P-AUPRO") if r else None
+            cells.append(f"{_pct(i)} / {_pct(p)}")
+            i_vals += [i] if i is not None else []
+            p_vals += [p] if p is not None else []
+        mean_i = sum(i_vals) / len(i_vals) if len(i_vals) == len(alphas) else None
+        mean_p = sum(p_vals) / len(p_vals) if len(p_vals) == len(alphas) else None
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_pct(mean_i)} / {_pct(mean_p)} |")
+    filtered = [r for r in rows if r.get("filter")]
+    if filtered:
+        lines += ["", "Dataset-level filter (per alpha)", ""]
+        lines += ["| alpha | noise rate before | noise rate after | normal images kept | anomalies removed |"]
+        lines += ["|---|---|---|---|---|"]
+        seen = set()
+        for r in filtered:
+            if r["alpha"] in seen:
+                continue
+            seen.add(r["alpha"])
+            f = r["filter"]
+            lines.append(
+                f"| {r['alpha']:g} | {_pct(f['noise_rate_before'])} | {_pct(f['noise_rate_after'])} | "
+                f"{_pct(f['normal_kept'])} | {_pct(f['anomalies_removed'])} |"
+            )
+    return "\n".join(lines) + "\n"

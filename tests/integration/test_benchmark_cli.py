@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ssfilter.cli import main
+from ssfilter.config import save_config
+from ssfilter.evaluation.benchmark import parse_methods, results_markdown
+
+
+def test_parse_methods() -> None:
+    assert parse_methods("dinomaly, ssfilter,patchcore+filter") == [
+        "dinomaly",
+        "ssfilter",
+        "patchcore+filter",
+    ]
+    for bad in ("", "ssfilter+filter", "resnet", "patchcore+clean"):
+        with pytest.raises(ValueError):
+            parse_methods(bad)
+
+
+def test_benchmark_cli_end_to_end(tmp_path: Path, synthetic_mvtec: Path, tiny_config, capsys) -> None:
+    tiny_config.train.iters = 3
+    tiny_config.filter.epochs = 3
+    tiny_config.filter.min_keep = 1
+    cfg = tmp_path / "cfg.yaml"
+    save_config(tiny_config, cfg)
+    out = tmp_path / "bench"
+    methods = "dinomaly,ssfilter,patchcore,patchcore+filter"
+    args = ["-q", "benchmark", "--data", str(synthetic_mvtec), "--alphas", "0,0.25", "--overlap"]
+    assert main([*args, "--methods", methods, "--config", str(cfg), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    rows = res["rows"]
+    assert [(r["method"], r["alpha"]) for r in rows] == [
+        (m, a) for a in (0.0, 0.25) for m in methods.split(",")
+    ]
+    for r in rows:
+        assert r["overlap"] is True
+        assert set(r["metrics"]) >= {"I-AUROC", "P-AUPRO"}
+        if r["method"] == "patchcore+filter":
+            f = r["filter"]
+            assert set(f) >= {"noise_rate_before", "noise_rate_after", "normal_kept"}
+            assert f["noise_rate_before"] == (0.0 if r["alpha"] == 0 else 0.2)
+            assert r["n_train"] <= 10
+        else:
+            assert r["filter"] is None
+    md = (out / "results.md").read_text()
+    assert "alpha=0.25" in md and "patchcore+filter" in md and "noise rate before" in md
+    assert (out / "alpha_0.25" / "noise_split.json").is_file()
+    assert "results in" in capsys.readouterr().out
+
+
+def test_results_markdown_mean_column() -> None:
+    rows = [
+        {"method": "a", "alpha": 0.0, "metrics": {"I-AUROC": 0.9, "P-AUPRO": 0.8}, "filter": None},
+        {"method": "a", "alpha": 0.1, "metrics": {"I-AUROC": 0.7, "P-AUPRO": None}, "filter": None},
+    ]
+    md = results_markdown(rows)
+    assert "| a | 90.0 / 80.0 | 70.0 / - | 80.0 / - |" in md
