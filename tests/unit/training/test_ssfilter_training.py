@@ -164,3 +164,17 @@ def test_filter_log_summary(tmp_path: Path) -> None:
     assert s["normal_discard_rate"] == pytest.approx(1 / 5)
     assert s["mean_kept"] == pytest.approx(2.5)
     assert s["synthetic_total"] == 1
+
+
+@pytest.mark.parametrize("n_images", [1, 2, 3])
+def test_tiny_training_sets_never_give_nan(tmp_path: Path, synthetic_mvtec: Path, ssf_config, n_images: int) -> None:
+    samples = discover(synthetic_mvtec, "train")[:n_images]
+    ssf_config.train.iters = 4
+    with pytest.warns(UserWarning, match="fewer than the batch size"):
+        Trainer(ssf_config, samples, tmp_path / "run", progress=False).fit()
+    losses = [float(r["loss"]) for r in _rows(tmp_path / "run" / "train_log.csv")]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    rows = _rows(tmp_path / "run" / FILTER_LOG_FILE)
+    assert all(int(r["batch"]) == n_images for r in rows)
+    if n_images == 1:
+        assert {r["phase"] for r in rows} == {"tiny"} and all(int(r["kept"]) == 1 for r in rows)
