@@ -167,7 +167,9 @@ def test_filter_log_summary(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("n_images", [1, 2, 3])
-def test_tiny_training_sets_never_give_nan(tmp_path: Path, synthetic_mvtec: Path, ssf_config, n_images: int) -> None:
+def test_tiny_training_sets_never_give_nan(
+    tmp_path: Path, synthetic_mvtec: Path, ssf_config, n_images: int
+) -> None:
     samples = discover(synthetic_mvtec, "train")[:n_images]
     ssf_config.train.iters = 4
     with pytest.warns(UserWarning, match="fewer than the batch size"):
