@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -178,8 +179,6 @@ class Detector:
         det.run_dir = Path(run_dir)
         data_file = Path(run_dir) / "data.json"
         if data_file.is_file():
-            import json
-
             det.data = Path(json.loads(data_file.read_text(encoding="utf-8"))["data"])
         return det
 
@@ -261,8 +260,6 @@ class Detector:
             dest = export(records, export_clean, source_root=source)
             extra["export_clean"] = str(dest)
         csv_path, json_path = write_filter_outputs(records, out, extra)
-        import json
-
         return json.loads(Path(json_path).read_text(encoding="utf-8"))
 
     def _filter_samples(self, data: str | Path | None) -> list[Sample]:

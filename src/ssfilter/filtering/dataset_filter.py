@@ -45,7 +45,6 @@ from ssfilter.data.transforms import build_image_transform
 from ssfilter.filtering.batch_filter import BatchFilter
 from ssfilter.io import atomic_write_json, atomic_writer
 from ssfilter.models.dinomaly import DinomalyModel
-from ssfilter.models.encoders import EncoderFeatures
 from ssfilter.training.trainer import _BatchCache
 
 __all__ = [
@@ -112,32 +111,6 @@ def decide(times_kept: int, min_keep: int) -> Decision:
 
 
 # -- filtering ----------------------------------------------------------------------------------------
-
-
-class _FeatureCache(_BatchCache):
-    """The trainer's memory-bounded cache, used for encoder features only.
-
-    Filtering never needs the images of already-encoded items, so only the images still to be encoded are
-    read and none are kept: the whole budget goes to features. ``max_bytes=0`` caches nothing.
-    """
-
-    def features(self, indices: Sequence[int]) -> EncoderFeatures:
-        """Encoder features of ``indices`` (distinct), encoding only the ones not cached."""
-        missing = [i for i in indices if i not in self.feats]
-        rows: dict[int, int] = {}
-        fresh: EncoderFeatures | None = None
-        if missing:
-            images = torch.stack([self.dataset[i]["image"] for i in missing]).to(self.device)
-            fresh = self.features_for(missing, images)
-            rows = {i: r for r, i in enumerate(missing)}
-        parts = []
-        for i in indices:
-            if i in rows:
-                assert fresh is not None
-                parts.append(fresh.select(slice(rows[i], rows[i] + 1)))
-            else:
-                parts.append(self.feats[i])
-        return EncoderFeatures.cat(parts)
 
 
 def _epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[tuple[list[int], int]]:
@@ -223,7 +196,7 @@ def filter_dataset(
     model.eval()  # the uncertainty passes force the bottleneck dropout on by themselves
     transform = build_image_transform(cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std)
     budget = cache_bytes if cache_features else 0
-    cache = _FeatureCache(AnomalyDataset(samples, transform), model, dev, budget)
+    cache = _BatchCache(AnomalyDataset(samples, transform), model, dev, budget)
     batch_filter = BatchFilter(cfg.filter, max(cfg.train.iters, 1), seed=seed)
     iteration = cfg.filter.cold_start_iters  # regular phase: uncertainty participates
     amp = cfg.train.amp and dev.type == "cuda"
@@ -245,7 +218,7 @@ def filter_dataset(
             for _ in range(epochs):
                 for indices, counted in _epoch_batches(n, batch_size, order):
                     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                        feats = cache.features(indices)
+                        feats = cache.features_for(indices)
                         sel = batch_filter.select(iteration, model, feats)
                     ids = np.asarray(indices[:counted])
                     seen[ids] += 1

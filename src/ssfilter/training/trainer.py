@@ -158,11 +158,23 @@ class _BatchCache:
             out.append(item)
         return torch.stack(out).to(self.device, non_blocking=True)
 
-    def features_for(self, indices: Sequence[int], images: Tensor) -> EncoderFeatures:
-        """Encoder features of the batch, encoding only the images not cached yet."""
+    def features_for(self, indices: Sequence[int], images: Tensor | None = None) -> EncoderFeatures:
+        """Encoder features of the batch, encoding only the images not cached yet.
+
+        Args:
+            indices: Dataset indices of the batch.
+            images: The batch's images when the caller has them already; otherwise only the images
+                still to be encoded are read (and not kept), so all of the budget goes to features.
+        """
         missing = [j for j, i in enumerate(indices) if i not in self.feats]
         fresh_row = {j: row for row, j in enumerate(missing)}
-        fresh = self.model.encode(images[missing]) if missing else None
+        fresh = None
+        if missing:
+            if images is None:
+                batch = torch.stack([self.dataset[indices[j]]["image"] for j in missing]).to(self.device)
+            else:
+                batch = images[missing]
+            fresh = self.model.encode(batch)
         parts = []
         for j, i in enumerate(indices):
             if i in self.feats:
@@ -182,14 +194,18 @@ class _BatchCache:
 class Trainer:
     """Trains a :class:`DinomalyModel` on unlabelled images and writes a run folder.
 
+    ``cfg.train.method`` picks plain Dinomaly (every image trained on) or SSFilter (the in-batch
+    filter selects, restoration adds synthetic anomalies).
+
     Args:
         cfg: Full run configuration (saved as ``config.yaml``).
-        samples: Training images (already validated; unreadable files removed).
+        samples: Training images (already validated; unreadable files removed). Their labels are
+            only read for the filter log's recall figures.
         run_dir: Output folder.
         progress: Show a progress bar.
-        batch_hook: Optional ``hook(iteration, images, model) -> (images, weights_or_None)`` used
-            by extensions (SSFilter's in-batch filter); ``None`` trains plain Dinomaly.
         stop_after: Stop (as if interrupted) after this many iterations -- for tests of resume.
+        on_iteration: Optional callback ``(iteration, log_row)`` after every iteration.
+        cache_bytes: Memory budget of the image and encoder-feature cache.
     """
 
     def __init__(
