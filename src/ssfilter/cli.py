@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma separated: ssfilter, dinomaly, patchcore, dinomaly+filter, patchcore+filter",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (results.json, results.md, runs)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted benchmark in --out (keeps finished rows)"
+    )
     _add_config_options(p, train=True)
 
     p = sub.add_parser("info", help="parameter count and GFLOPs of a configuration (JSON)")
@@ -228,6 +231,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         noise_seed=args.noise_seed,
         progress=not args.quiet,
+        resume=args.resume,
     )
     print((args.out / "results.md").read_text(encoding="utf-8"))
     print(f"benchmark finished in {time.perf_counter() - t0:.0f}s; results in {args.out}")

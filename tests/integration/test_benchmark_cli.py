@@ -59,3 +59,33 @@ def test_results_markdown_mean_column() -> None:
     ]
     md = results_markdown(rows)
     assert "| a | 90.0 / 80.0 | 70.0 / - | 80.0 / - |" in md
+
+
+def test_benchmark_resume_keeps_finished_rows_and_filter(
+    tmp_path: Path, synthetic_mvtec: Path, tiny_config
+) -> None:
+    tiny_config.train.iters = 2
+    tiny_config.filter.epochs = 2
+    tiny_config.filter.min_keep = 0
+    cfg = tmp_path / "cfg.yaml"
+    save_config(tiny_config, cfg)
+    out = tmp_path / "bench"
+    args = ["-q", "benchmark", "--data", str(synthetic_mvtec), "--alphas", "0.25", "--overlap"]
+    args += ["--methods", "ssfilter,patchcore+filter", "--config", str(cfg), "--out", str(out)]
+    assert main(args) == 0
+    results = out / "results.json"
+    full = json.loads(results.read_text())
+    filter_csv = out / "alpha_0.25" / "filter" / "filter.csv"
+    filter_mtime = filter_csv.stat().st_mtime_ns
+    # Simulate an interruption after the first row: only it is on disk.
+    results.write_text(json.dumps({"rows": full["rows"][:1], "seconds": 5.0}))
+    assert main([*args, "--resume"]) == 0
+    resumed = json.loads(results.read_text())
+    assert [r["method"] for r in resumed["rows"]] == ["ssfilter", "patchcore+filter"]
+    assert resumed["rows"][0] == full["rows"][0]  # the finished row is kept, not recomputed
+    assert resumed["rows"][1]["filter"] == full["rows"][1]["filter"]
+    assert filter_csv.stat().st_mtime_ns == filter_mtime  # the finished filter was reused
+    assert resumed["seconds"] >= 5.0
+    # Everything finished: a further resume recomputes nothing.
+    assert main([*args, "--resume"]) == 0
+    assert json.loads(results.read_text())["rows"] == resumed["rows"]

@@ -8,10 +8,16 @@ SSFilter run and its filter decisions are shared by all ``+filter`` methods of a
 Outputs in ``out``: ``results.json`` (``{"rows": [{"method", "alpha", "overlap", "metrics", "filter"}]}``),
 ``results.md`` (I-AUROC/P-AUPRO per alpha and their mean, like the paper's tables, plus the
 filter-quality table of Fig. 4-5) and one folder per alpha with the runs.
+
+A long benchmark can be interrupted: ``results.json`` is rewritten after every finished row, and
+``resume=True`` keeps the finished rows, continues unfinished training runs from their last
+checkpoint and reuses a finished dataset-level filter instead of starting over.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -50,27 +56,57 @@ def run_benchmark(
     overlap: bool = False,
     noise_seed: int = 0,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train and evaluate every method at every noise level; write results.json and results.md."""
+    """Train and evaluate every method at every noise level; write results.json and results.md.
+
+    Args:
+        data: MVTec-layout category folder.
+        alphas: Noise levels of the SoftPatch protocol.
+        methods: Method names (see :func:`parse_methods`).
+        cfg: Configuration shared by all methods.
+        out: Output folder.
+        overlap: Keep the injected anomalies in the test set.
+        noise_seed: Seed of the injected selection.
+        progress: Show progress bars.
+        resume: Continue an interrupted benchmark in ``out`` (finished rows are kept, not recomputed).
+
+    Returns:
+        The ``results.json`` payload.
+    """
     from ssfilter.data.noise import contamination, softpatch_split
 
     methods = parse_methods(methods)
     out = Path(out)
     rows: list[dict[str, Any]] = []
+    previous_seconds = 0.0
+    if resume and (out / "results.json").is_file():
+        done = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        rows = [r for r in done.get("rows", []) if r.get("overlap") == overlap]
+        previous_seconds = float(done.get("seconds", 0.0))
     started = time.perf_counter()
+
+    def elapsed() -> float:
+        return round(previous_seconds + time.perf_counter() - started, 1)
+
     for alpha in alphas:
+        todo = [m for m in methods if not any(r["method"] == m and r["alpha"] == alpha for r in rows)]
+        if not todo:
+            continue
         train, test, split = softpatch_split(data, alpha, overlap=overlap, seed=noise_seed)
         folder = out / f"alpha_{alpha:g}"
         split.save(folder / "noise_split.json")
         ssf_model = None
         kept: list[Sample] | None = None
         filter_stats = None
-        if "ssfilter" in methods or any(m.endswith("+filter") for m in methods):
-            ssf_model = _train(cfg, "ssfilter", train, folder / "ssfilter", progress)
-        if any(m.endswith("+filter") for m in methods):
-            kept, filter_stats = _filter(ssf_model, train, cfg, folder / "filter", progress)
+        if "ssfilter" in todo or any(m.endswith("+filter") for m in todo):
+            t0 = time.perf_counter()
+            ssf_model = _train(cfg, "ssfilter", train, folder / "ssfilter", progress, resume)
+            ssf_train_seconds = round(time.perf_counter() - t0, 1)
+        if any(m.endswith("+filter") for m in todo):
+            kept, filter_stats = _filter(ssf_model, train, cfg, folder / "filter", progress, resume)
             filter_stats["noise_rate_before"] = contamination(train)["noise_rate"]
-        for method in methods:
+        for method in todo:
             t0 = time.perf_counter()
             base = method.removesuffix("+filter")
             samples = kept if method.endswith("+filter") else train
@@ -81,7 +117,7 @@ def run_benchmark(
                 model = (
                     ssf_model
                     if method == "ssfilter"
-                    else _train(cfg, base, samples, folder / method, progress)
+                    else _train(cfg, base, samples, folder / method, progress, resume)
                 )
                 metrics = _evaluate(model, test, cfg, progress)
             rows.append(
@@ -92,23 +128,26 @@ def run_benchmark(
                     "metrics": metrics,
                     "filter": filter_stats if method.endswith("+filter") else None,
                     "n_train": len(samples),
-                    "seconds": round(time.perf_counter() - t0, 1),
+                    "seconds": round(time.perf_counter() - t0, 1)
+                    + (ssf_train_seconds if method == "ssfilter" else 0.0),
                 }
             )
-            atomic_write_json(out / "results.json", {"rows": rows})
-    payload = {"rows": rows, "seconds": round(time.perf_counter() - started, 1), "data": str(data)}
+            atomic_write_json(out / "results.json", {"rows": rows, "seconds": elapsed()})
+    payload = {"rows": rows, "seconds": elapsed(), "data": str(data)}
     atomic_write_json(out / "results.json", payload)
     atomic_write_text(out / "results.md", results_markdown(rows))
     return payload
 
 
-def _train(cfg: Config, method: str, samples: Sequence[Sample], run: Path, progress: bool) -> Any:
+def _train(
+    cfg: Config, method: str, samples: Sequence[Sample], run: Path, progress: bool, resume: bool = False
+) -> Any:
     from ssfilter.training.checkpoint import load_model
     from ssfilter.training.trainer import Trainer
 
     c = cfg.copy()
     c.train.method = method
-    Trainer(c, samples, run, progress=progress).fit()
+    Trainer(c, samples, run, progress=progress).fit(resume=resume)
     return load_model(run, c)
 
 
@@ -120,22 +159,39 @@ def _evaluate(model: Any, test: Sequence[Sample], cfg: Config, progress: bool) -
 
 
 def _filter(
-    model: Any, train: Sequence[Sample], cfg: Config, out: Path, progress: bool
+    model: Any, train: Sequence[Sample], cfg: Config, out: Path, progress: bool, resume: bool = False
 ) -> tuple[list[Sample], dict[str, Any]]:
-    from ssfilter.filtering.dataset_filter import filter_dataset, summarize, write_filter_outputs
+    from ssfilter.filtering.dataset_filter import (
+        FILTER_CSV,
+        FILTER_JSON,
+        filter_dataset,
+        summarize,
+        write_filter_outputs,
+    )
 
+    csv_path, json_path = out / FILTER_CSV, out / FILTER_JSON
+    if resume and csv_path.is_file() and json_path.is_file():
+        # Both files are written atomically, so existing ones are a finished filter of this split.
+        with csv_path.open(encoding="utf-8", newline="") as fh:
+            decisions = {row["path"]: row["decision"] for row in csv.DictReader(fh)}
+        if set(decisions) == {s.path for s in train}:
+            summary = json.loads(json_path.read_text(encoding="utf-8"))
+            normal = {p for p, d in decisions.items() if d == "normal"}
+            return [s for s in train if s.path in normal], _filter_stats(summary)
     device = next(model.parameters()).device
     records = filter_dataset(model, train, cfg, device=device, progress=progress)
     write_filter_outputs(records, out)
     normal = {r.path for r in records if r.decision == "normal"}
-    summary = summarize(records)
-    stats = {
+    return [s for s in train if s.path in normal], _filter_stats(summarize(records))
+
+
+def _filter_stats(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
         "noise_rate_after": summary["noise_rate_after"],
         "normal_kept": summary["normal_kept"],
         "anomalies_removed": summary["anomalies_removed"],
         "n_kept": summary["n_kept"],
     }
-    return [s for s in train if s.path in normal], stats
 
 
 def _patchcore(
