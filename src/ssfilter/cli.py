@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (results.json, results.md, runs)")
     p.add_argument(
-        "--resume", action="store_true", help="continue an interrupted benchmark in --out (keeps finished rows)"
+        "--resume", action="store_true", help="continue an interrupted benchmark in --out (keeps done rows)"
     )
     _add_config_options(p, train=True)
 
