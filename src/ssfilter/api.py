@@ -7,6 +7,7 @@ Example:
     >>> det.evaluate()["metrics"]["I-AUROC"]                  # doctest: +SKIP
     >>> det = Detector.load("runs/bottle")                    # doctest: +SKIP
     >>> scores, maps = det.predict(["new_part.png"])          # doctest: +SKIP
+    >>> det.predict_files(["new_parts/"], out="pred").n_ng    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,21 +17,32 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ssfilter.config import Config, apply_overrides, get_preset, load_config
 from ssfilter.data.datasets import Sample, discover, is_mvtec_layout
-from ssfilter.data.images import Skipped, read_image, validate_images, write_skipped_csv
-from ssfilter.data.transforms import build_image_transform
+from ssfilter.data.images import ImageReadError, Skipped, read_mask, validate_images, write_skipped_csv
 from ssfilter.io import atomic_write_json
 from ssfilter.training.checkpoint import MODEL_FILE, STATE_FILE, build_model, load_run
+from ssfilter.training.distributed import is_main_process
 from ssfilter.training.filter_log import summarize_filter_log
 from ssfilter.training.trainer import FILTER_LOG_FILE, Trainer, TrainResult, resolve_device
 
-__all__ = ["Detector", "RunExistsError", "model_info", "prepare_training_samples"]
+if TYPE_CHECKING:
+    from ssfilter.inference.calibration import Calibration
+    from ssfilter.inference.predictor import PredictionReport, Predictor
+
+__all__ = [
+    "SKIPPED_FILE",
+    "Detector",
+    "RunExistsError",
+    "model_info",
+    "prepare_training_samples",
+    "validate_samples",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,9 @@ def _resolve_config(config: Config | str | Path | None) -> Config:
 
 
 NOISE_SPLIT_FILE = "noise_split.json"
+#: Unreadable inputs of a command and why: ``path,reason`` (in the run folder, filter or predict output).
+SKIPPED_FILE = "skipped.csv"
+_LISTED = 10  # skipped files named in the warning; skipped.csv lists all of them
 
 
 def prepare_training_samples(
@@ -79,19 +94,53 @@ def prepare_training_samples(
             split.save(Path(run_dir) / NOISE_SPLIT_FILE)
     else:
         samples = discover(data, "train")
-    by_path = {s.path: s for s in samples}
-    good, skipped = validate_images([Path(s.path) for s in samples])
-    if skipped:
-        warnings.warn(
-            f"skipped {len(skipped)} unreadable training image(s); see skipped.csv. First: "
-            f"{skipped[0].path} ({skipped[0].reason})",
-            stacklevel=2,
-        )
+    kept, skipped = validate_samples(samples, what="training image")
     if run_dir is not None:
-        write_skipped_csv(skipped, Path(run_dir) / "skipped.csv")
-    kept = [by_path[str(p)] for p in good]
+        write_skipped_csv(skipped, Path(run_dir) / SKIPPED_FILE)
     if not kept:
-        raise ValueError(f"no readable training images under {data}")
+        raise ValueError(
+            f"no readable training images under {data}: all {len(skipped)} image file(s) were skipped"
+            + (f" (listed with reasons in {Path(run_dir) / SKIPPED_FILE})" if run_dir is not None else "")
+        )
+    return kept, skipped
+
+
+def validate_samples(
+    samples: Sequence[Sample], *, masks: bool = False, what: str = "image"
+) -> tuple[list[Sample], list[Skipped]]:
+    """Decode every sample once; drop unreadable ones, warn once and list each with its reason.
+
+    Args:
+        samples: Samples to check, in order.
+        masks: Also decode each sample's ground-truth mask; a sample whose mask cannot be read is
+            skipped (its pixel ground truth would be wrong), with the mask named in the reason.
+        what: Noun for the warning (``"training image"``, ``"test image"``, ...).
+
+    Returns:
+        ``(kept, skipped)``: the readable samples in input order, the skipped files with their reasons.
+    """
+    good, skipped = validate_images([Path(s.path) for s in samples])
+    readable = {str(p) for p in good}
+    kept: list[Sample] = []
+    for sample in samples:
+        if sample.path not in readable:
+            continue
+        if masks and sample.mask_path is not None:
+            try:
+                read_mask(sample.mask_path)
+            except ImageReadError as err:
+                skipped.append(
+                    Skipped(sample.path, f"its mask {sample.mask_path} is unreadable: {err.reason}")
+                )
+                continue
+        kept.append(sample)
+    if skipped:
+        listed = "; ".join(f"{s.path} ({s.reason})" for s in skipped[:_LISTED])
+        more = f"; and {len(skipped) - _LISTED} more" if len(skipped) > _LISTED else ""
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable {what}(s) (listed in {SKIPPED_FILE}): {listed}{more}",
+            stacklevel=3,
+        )
     return kept, skipped
 
 
@@ -145,16 +194,24 @@ class Detector:
                 f"{run} already holds a trained model; "
                 "pass --resume to continue it or --overwrite to replace it"
             )
-        if overwrite and not resume:
+        # Under torchrun every process trains; only rank 0 writes run files (is_main_process).
+        main = is_main_process()
+        if overwrite and not resume and main:
             (run / STATE_FILE).unlink(missing_ok=True)
         if resume and (run / NOISE_SPLIT_FILE).is_file():
             from ssfilter.data.noise import NoiseSplit
 
             saved = NoiseSplit.load(run / NOISE_SPLIT_FILE)
             noise, overlap, noise_seed = saved.alpha, saved.overlap, saved.seed
-        samples, _ = prepare_training_samples(data, run, noise=noise, overlap=overlap, noise_seed=noise_seed)
+        samples, _ = prepare_training_samples(
+            data, run if main else None, noise=noise, overlap=overlap, noise_seed=noise_seed
+        )
         trainer = Trainer(self.config, samples, run, progress=progress, stop_after=stop_after)
         result: TrainResult = trainer.fit(resume=resume)
+        self.run_dir, self.data = run, Path(data)
+        self.model = None
+        if not main:
+            return self
         atomic_write_json(run / "data.json", {"data": str(Path(data).resolve()), "n_train": len(samples)})
         if (run / FILTER_LOG_FILE).is_file() and result.iterations == self.config.train.iters:
             summary = summarize_filter_log(run / FILTER_LOG_FILE)
@@ -166,8 +223,10 @@ class Detector:
                     summary["normal_discard_rate"],
                 )
         log.info("trained %d iterations in %.1fs", result.iterations, result.seconds)
-        self.run_dir, self.data = run, Path(data)
-        self.model = None
+        if self.config.calibration.after_training and result.iterations == self.config.train.iters:
+            cal = self._predictor().calibrate_unlabelled([s.path for s in samples], progress=progress)
+            cal.save(run)
+            log.info("calibration: %s", cal.rule)
         return self
 
     @classmethod
@@ -192,12 +251,27 @@ class Detector:
     # -- evaluation and inference ---------------------------------------------------------------
 
     def evaluate(
-        self, data: str | Path | None = None, *, out: str | Path | None = None, progress: bool = True
+        self,
+        data: str | Path | None = None,
+        *,
+        out: str | Path | None = None,
+        progress: bool = True,
+        report: str | Path | None = None,
     ) -> dict:
         """Metrics on an MVTec-layout test split (default: the training data folder).
 
+        Test images that cannot be decoded, or whose mask cannot be, are left out with a warning and
+        listed under ``"skipped"`` (``[{"path", "reason"}]``); the metrics cover the other images.
+
+        Args:
+            data: MVTec-layout folder (default: the run's training data folder).
+            out: JSON file to write the result to (atomically).
+            progress: Show a progress bar.
+            report: Folder to write an HTML report to (``report.html`` + ``report_assets/``): metric
+                table, ROC and PRO curves, heat-maps of the best and worst test images.
+
         Returns:
-            ``{"metrics": {...}, "n_test": int, "images": [...]}`` (written to ``out`` when given).
+            ``{"metrics": {...}, "n_test": int, "images": [...], "skipped": [...]}``.
         """
         from ssfilter.evaluation.evaluate import evaluate_model
 
@@ -209,12 +283,24 @@ class Detector:
         if not is_mvtec_layout(root):
             raise ValueError(f"{root} is not an MVTec-layout folder (test/<type>/ with ground_truth/<type>/)")
         model = self._ensure_model()
-        samples = self._test_samples(root)
+        samples, skipped = validate_samples(self._test_samples(root), masks=True, what="test image")
+        if not samples:
+            raise ValueError(f"no readable test images under {root / 'test'} ({len(skipped)} skipped)")
         device = next(model.parameters()).device
         res = evaluate_model(model, samples, self.config, device=device, progress=progress)
         payload = res.to_json()
+        payload["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
         if out is not None:
             atomic_write_json(out, payload)
+        if report is not None:
+            from ssfilter.reporting.examples import build_evaluate_report
+            from ssfilter.reporting.html import write_evaluate_report
+
+            context = [("run", str(self.run_dir)), ("test data", str(root))]
+            content = build_evaluate_report(
+                model, samples, self.config, res, device=device, run_dir=self.run_dir, context=context
+            )
+            log.info("report: %s", write_evaluate_report(report, content))
         return payload
 
     def filter(
@@ -226,13 +312,19 @@ class Detector:
         min_keep: int | None = None,
         export_clean: str | Path | None = None,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> dict[str, Any]:
         """Filter a whole training set with the trained model (paper §3.6).
 
         Runs ``epochs`` (kappa_1) random epochs of the in-batch filter and calls an image normal when
         it was kept more than ``min_keep`` (kappa_2) times. Writes ``out/filter.csv`` and
         ``out/filter.json``; with ``export_clean`` also lays the kept images out as a training folder
-        (links where possible). The input folder is never modified.
+        (links where possible). The input folder is never modified. Unreadable images are left out
+        and listed in ``out/skipped.csv``. Nothing is written until the filter has finished, and the
+        outputs appear in the order: the clean folder, ``skipped.csv``, ``filter.csv``/``filter.json``,
+        then ``report.html`` (summary, score scatter, thumbnails of the quarantined images), so an
+        interrupted run leaves ``out`` as it was and no clean folder (which is built under a
+        hidden ``.NAME.*.partial`` name and renamed when complete).
 
         Args:
             data: Folder to filter; default: the run's training set (with its injected noise, if any).
@@ -241,42 +333,81 @@ class Detector:
             min_keep: kappa_2 (default ``filter.min_keep``, 5).
             export_clean: Folder to receive the kept images (must not exist or be empty).
             progress: Show a progress bar.
+            overwrite: Replace the results of an earlier filter in ``out``.
 
         Returns:
             The ``filter.json`` summary.
-        """
-        from ssfilter.filtering.dataset_filter import export_clean as export
-        from ssfilter.filtering.dataset_filter import filter_dataset, write_filter_outputs
 
+        Raises:
+            RunExistsError: ``out`` holds a finished filter and ``overwrite`` is false.
+            FileExistsError: ``export_clean`` exists and is not an empty folder (checked before filtering).
+        """
+        from ssfilter.filtering.dataset_filter import (
+            FILTER_CSV,
+            FILTER_JSON,
+            filter_dataset,
+            summarize,
+            write_filter_outputs,
+        )
+        from ssfilter.filtering.dataset_filter import export_clean as export
+
+        out_dir = Path(out)
+        done = [name for name in (FILTER_CSV, FILTER_JSON) if (out_dir / name).exists()]
+        if done and not overwrite:
+            raise RunExistsError(
+                f"{out_dir} already holds the results of a filter ({', '.join(done)}); "
+                "pass --overwrite to replace them or choose another --out"
+            )
+        if export_clean is not None:
+            dest = Path(export_clean)
+            if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
+                raise FileExistsError(
+                    f"--export-clean '{dest}' already exists and is not an empty folder; choose a new "
+                    "destination (an exported folder is never overwritten)"
+                )
         model = self._ensure_model()
-        samples = self._filter_samples(data)
+        samples, skipped = self._filter_samples_and_skipped(data)
         device = next(model.parameters()).device
         records = filter_dataset(
             model, samples, self.config, epochs=epochs, min_keep=min_keep, device=device, progress=progress
         )
-        extra: dict[str, Any] = {"run": str(self.run_dir) if self.run_dir else None}
+        if not is_main_process():  # torchrun: every process holds the merged records, rank 0 writes
+            return summarize(records)
+        extra: dict[str, Any] = {
+            "run": str(self.run_dir) if self.run_dir else None,
+            "n_skipped": len(skipped),
+        }
         if export_clean is not None:
             source = Path(data) if data is not None else self.data
             dest = export(records, export_clean, source_root=source)
             extra["export_clean"] = str(dest)
+        write_skipped_csv(skipped, out_dir / SKIPPED_FILE)
         csv_path, json_path = write_filter_outputs(records, out, extra)
+        from ssfilter.reporting.html import write_filter_report
+
+        write_filter_report(out_dir, records, summarize(records))
         return json.loads(Path(json_path).read_text(encoding="utf-8"))
 
     def _filter_samples(self, data: str | Path | None) -> list[Sample]:
         """Training images to filter: the given folder, or the run's own (noisy) training set."""
+        return self._filter_samples_and_skipped(data)[0]
+
+    def _filter_samples_and_skipped(self, data: str | Path | None) -> tuple[list[Sample], list[Skipped]]:
+        """:meth:`_filter_samples` and the unreadable files left out, with their reasons."""
         if data is not None:
-            return prepare_training_samples(data)[0]
+            return prepare_training_samples(data)
         split_file = self.run_dir / NOISE_SPLIT_FILE if self.run_dir is not None else None
         if split_file is not None and split_file.is_file() and self.data is not None:
             from ssfilter.data.noise import NoiseSplit, apply_split
 
             train = apply_split(self.data, NoiseSplit.load(split_file))[0]
-            good, _ = validate_images([Path(s.path) for s in train])
-            keep = {str(p) for p in good}
-            return [s for s in train if s.path in keep]
+            kept, skipped = validate_samples(train, what="training image")
+            if not kept:
+                raise ValueError(f"no readable training images in the noise split of {self.run_dir}")
+            return kept, skipped
         if self.data is None:
             raise ValueError("no data to filter: pass data=... (a folder of images)")
-        return prepare_training_samples(self.data)[0]
+        return prepare_training_samples(self.data)
 
     def _test_samples(self, root: Path) -> list[Sample]:
         """The test split, honouring the run's ``noise_split.json`` when it was trained on ``root``."""
@@ -289,29 +420,156 @@ class Detector:
                 return apply_split(root, split)[1]
         return discover(root, "test")
 
-    @torch.no_grad()
     def predict(self, images: Sequence[str | Path], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-        """Image scores ``[N]`` and anomaly maps ``[N, S, S]`` (S = ``data.eval_size``) for image files."""
-        from ssfilter.evaluation.evaluate import predict_maps
+        """Raw image scores ``[N]`` and anomaly maps ``[N, S, S]`` (S = ``data.eval_size``) for image files.
 
-        model = self._ensure_model()
-        cfg = self.config
-        transform = build_image_transform(
-            cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std
-        )
-        device = next(model.parameters()).device
-        scores, maps = [], []
-        paths = list(images)
-        for start in range(0, len(paths), batch_size):
-            batch = torch.stack([transform(read_image(p)) for p in paths[start : start + batch_size]]).to(
-                device
+        Raises :class:`~ssfilter.data.images.ImageReadError` on an unreadable file; for decisions,
+        heat-maps and lenient handling of bad files use :meth:`predict_files`.
+        """
+        return self._predictor().predict_raw(list(images), batch_size=batch_size)
+
+    def predict_files(
+        self,
+        inputs: Sequence[str | Path] | str | Path,
+        out: str | Path,
+        *,
+        batch_size: int | None = None,
+        threshold: float | None = None,
+        progress: bool = True,
+        overwrite: bool = False,
+    ) -> PredictionReport:
+        """Predict images, folders or glob patterns and write the results into ``out``.
+
+        Writes ``predictions.csv``/``predictions.json`` (raw and normalised score, OK/NG, threshold),
+        ``<name>_overlay.png`` and ``<name>_mask.png`` at each image's original size, and
+        ``skipped.csv`` (see :mod:`ssfilter.inference.predictor`). Uses the run's ``calibration.json``;
+        a run without one is calibrated on its training data first (and the file saved).
+
+        Args:
+            inputs: Image files, folders (searched recursively) or glob patterns.
+            out: Output folder.
+            batch_size: Images per forward pass (default ``data.batch_size``).
+            threshold: Raw image threshold overriding the calibrated one.
+            progress: Show progress bars.
+            overwrite: Write into an ``out`` that holds earlier predictions (files of the same names are
+                replaced; other files stay).
+
+        Raises:
+            RunExistsError: ``out`` holds earlier predictions and ``overwrite`` is false.
+        """
+        from ssfilter.inference.predictor import PREDICTIONS_CSV, PREDICTIONS_JSON
+
+        done = [name for name in (PREDICTIONS_CSV, PREDICTIONS_JSON) if (Path(out) / name).exists()]
+        if done and not overwrite:
+            raise RunExistsError(
+                f"{out} already holds predictions ({', '.join(done)}); pass --overwrite to replace them "
+                "or choose another --out"
             )
-            m, s = predict_maps(model, batch, cfg.data.eval_size, amp=cfg.train.amp)
-            maps.append(m.cpu().numpy())
-            scores.append(s.cpu().numpy())
-        if not paths:
-            return np.zeros(0, np.float32), np.zeros((0, cfg.data.eval_size, cfg.data.eval_size), np.float32)
-        return np.concatenate(scores), np.concatenate(maps)
+        items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+        predictor = self._predictor(calibration=self._calibration(progress=progress), threshold=threshold)
+        return predictor.predict_to_folder(items, out, batch_size=batch_size, progress=progress)
+
+    def calibrate(
+        self,
+        data: str | Path | None = None,
+        *,
+        val: str | Path | None = None,
+        progress: bool = True,
+        save: bool = True,
+    ) -> Calibration:
+        """(Re)compute the run's decision thresholds and save them as ``RUN/calibration.json``.
+
+        Without ``val``: the unsupervised rule (``calibration.k`` / ``calibration.pixel_k``, see
+        :mod:`ssfilter.inference.calibration`) on the run's training images, or on the images under
+        ``data``. With ``val``: F1-max thresholds on a labelled MVTec-layout folder (its ``test/good``
+        and defect folders; pixel F1-max when ``ground_truth`` masks exist).
+
+        Args:
+            data: Unlabelled images to use instead of the run's training set.
+            val: Labelled MVTec-layout folder.
+            progress: Show a progress bar.
+            save: Write ``calibration.json`` into the run folder.
+        """
+        predictor = self._predictor()
+        if val is not None:
+            if not is_mvtec_layout(val):
+                raise ValueError(
+                    f"--val {val} is not an MVTec-layout folder (test/good, test/<defect>, ground_truth/)"
+                )
+            cal = predictor.calibrate_labelled(discover(val, "test"), progress=progress)
+        else:
+            samples = self._filter_samples(data)
+            cal = predictor.calibrate_unlabelled([s.path for s in samples], progress=progress)
+        if save:
+            if self.run_dir is None:
+                raise RuntimeError("no run folder to save the calibration in: call fit() or Detector.load()")
+            cal.save(self.run_dir)
+        return cal
+
+    def _calibration(self, progress: bool = True) -> Calibration:
+        """The run's saved calibration; computed from its training data when the file is missing."""
+        from ssfilter.inference.calibration import CALIBRATION_FILE, Calibration
+
+        if self.run_dir is not None and (self.run_dir / CALIBRATION_FILE).is_file():
+            return Calibration.load(self.run_dir)
+        where = self.run_dir if self.run_dir is not None else "RUN"
+        if self.data is None or not Path(self.data).exists():
+            raise FileNotFoundError(
+                f"{where} has no {CALIBRATION_FILE} and its training data is not available to compute one; "
+                f"run `ssfilter calibrate --run {where} --data DIR` (unlabelled, mostly good images) or "
+                f"`--val DIR` (a labelled MVTec-layout folder)"
+            )
+        log.warning(
+            "%s has no %s: computing it from the training data %s", where, CALIBRATION_FILE, self.data
+        )
+        cal = self.calibrate(progress=progress, save=False)
+        try:
+            if self.run_dir is not None:
+                cal.save(self.run_dir)
+        except OSError as err:
+            log.warning(
+                "could not save %s in %s (%s); it will be recomputed next time", CALIBRATION_FILE, where, err
+            )
+        return cal
+
+    def _predictor(self, calibration: Calibration | None = None, threshold: float | None = None) -> Predictor:
+        """A :class:`Predictor` on this detector's model (the one implementation of inference)."""
+        from ssfilter.inference.predictor import Predictor
+
+        return Predictor(
+            self._ensure_model(), self.config, calibration, run_dir=self.run_dir, threshold=threshold
+        )
+
+    def export(
+        self,
+        path: str | Path,
+        format: str = "onnx",
+        *,
+        opset: int = 17,
+        batch_size: int | None = None,
+        check_images: str | Path | None = None,
+    ) -> Path:
+        """Export the whole inference graph (preprocessed image in, raw maps and scores out) to a file.
+
+        Only ``format="onnx"`` exists: see :func:`ssfilter.inference.export.export_onnx` for the graph's
+        input and outputs, the embedded metadata (calibration included) and the parity gate that
+        refuses the export (:class:`~ssfilter.inference.export.ExportParityError`, no file written)
+        when ONNX Runtime and PyTorch differ by more than 1e-4 on the calibrated maps or scores, or on
+        any OK/NG label. Run the file without torch with
+        :class:`~ssfilter.inference.onnx_predictor.OnnxPredictor`.
+
+        Args:
+            path: Output file.
+            format: Export format; only ``"onnx"``.
+            opset: ONNX opset version.
+            batch_size: Fixed batch size; ``None`` (default) for a dynamic batch axis.
+            check_images: Folder of images for the parity check (default: the run's training images).
+        """
+        if format != "onnx":
+            raise ValueError(f"unsupported export format {format!r}; only 'onnx' is available")
+        from ssfilter.inference.export import export_onnx
+
+        return export_onnx(self, path, opset=opset, batch_size=batch_size, check_images=check_images)
 
     def info(self) -> dict[str, Any]:
         """Parameter counts and GFLOPs of this configuration (see :func:`model_info`)."""

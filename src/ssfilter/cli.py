@@ -82,12 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlap", action="store_true", help="with --noise: keep injected images in the test set"
     )
     p.add_argument("--noise-seed", type=int, default=0, help="with --noise: seed of the injected selection")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after iteration N as if interrupted (e.g. a job time limit); continue with --resume",
+    )
     _add_config_options(p, train=True)
 
     p = sub.add_parser("evaluate", help="metrics of a trained run on an MVTec-layout test split")
     p.add_argument("--run", type=Path, required=True, help="run folder")
     p.add_argument("--data", type=Path, default=None, help="test data (default: the run's training folder)")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write an HTML report (DIR/report.html: metrics, ROC/PRO curves, heat-maps)",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
     p = sub.add_parser(
@@ -106,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--export-clean", type=Path, default=None, help="lay out the kept images as a training folder"
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the results of an earlier filter in --out"
+    )
 
     p = sub.add_parser("benchmark", help="methods x noise levels on one MVTec-layout folder (paper tables)")
     p.add_argument("--data", type=Path, required=True, help="MVTec-layout category")
@@ -121,7 +138,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted benchmark in --out (keeps done rows)"
     )
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a benchmark")
     _add_config_options(p, train=True)
+
+    p = sub.add_parser(
+        "predict", help="score new images: OK/NG, normalised scores, heat-map overlays and defect masks"
+    )
+    p.add_argument("--run", type=Path, required=True, help="trained run folder")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("--out", type=Path, required=True, help="output folder (predictions.csv/json, PNGs)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="raw image-score threshold overriding the calibrated one",
+    )
+    p.add_argument("--overwrite", action="store_true", help="write into an --out that holds predictions")
+
+    p = sub.add_parser(
+        "calibrate", help="(re)compute a run's OK/NG and pixel thresholds (RUN/calibration.json)"
+    )
+    p.add_argument("--run", type=Path, required=True, help="trained run folder")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--val", type=Path, default=None, help="labelled MVTec-layout folder: F1-max thresholds"
+    )
+    group.add_argument(
+        "--data", type=Path, default=None, help="unlabelled images (default: the run's training set)"
+    )
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
+    p = sub.add_parser(
+        "export",
+        help="export a run's whole inference graph to ONNX, checked against PyTorch",
+        description="Export the run (preprocessed [0, 1] RGB crops in; raw maps and scores out; calibration "
+        "in the metadata). The file is written only when ONNX Runtime reproduces PyTorch on the run's "
+        "training images (or --check-images) plus random inputs: max |diff| of the calibrated maps and "
+        "of the normalised scores <= 1e-4, and identical OK/NG labels.",
+    )
+    p.add_argument("--run", type=Path, required=True, help="trained, calibrated run folder")
+    p.add_argument("--format", default="onnx", help="export format (only onnx)")
+    p.add_argument("--out", type=Path, required=True, help="file to write, e.g. model.onnx")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="fixed batch size (default: dynamic batch axis)"
+    )
+    p.add_argument(
+        "--check-images",
+        type=Path,
+        default=None,
+        help="images for the parity check (default: up to 4 of the run's training images); the check "
+        "refuses the export when calibrated maps or normalised scores differ by more than 1e-4 or an "
+        "OK/NG label differs",
+    )
 
     p = sub.add_parser("info", help="parameter count and GFLOPs of a configuration (JSON)")
     _add_config_options(p, train=False)
@@ -131,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("ssfilter_demo"), help="output folder (default ssfilter_demo)"
     )
     p.add_argument(
-        "--weights", default=None, help="optional MobileNetV2 weights file (default: random encoder)"
+        "--weights",
+        default=None,
+        help="encoder weights: DINOv2 (Meta .pth / timm .safetensors) or MobileNetV2; default: "
+        "$SSFILTER_DEMO_WEIGHTS or DINOv2 weights in the local Hugging Face cache, else a random encoder",
     )
     return parser
 
@@ -183,17 +257,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
         noise=args.noise,
         overlap=args.overlap,
         noise_seed=args.noise_seed,
+        stop_after=args.stop_after,
     )
-    print(f"trained in {time.perf_counter() - t0:.1f}s; run folder: {args.out}")
+    if _is_main_process():
+        print(f"trained in {time.perf_counter() - t0:.1f}s; run folder: {args.out}")
     return 0
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or the only process: the one that prints results."""
+    from ssfilter.training.distributed import is_main_process
+
+    return is_main_process()
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ssfilter.api import Detector
 
     det = Detector.load(args.run, device=args.device)
-    payload = det.evaluate(args.data, out=args.out, progress=not args.quiet)
+    payload = det.evaluate(args.data, out=args.out, progress=not args.quiet, report=args.report)
     print(json.dumps({"metrics": payload["metrics"], "n_test": payload["n_test"]}, indent=2))
+    if args.report is not None:
+        print(f"report: {args.report / 'report.html'}")
     return 0
 
 
@@ -208,8 +293,11 @@ def _cmd_filter(args: argparse.Namespace) -> int:
         min_keep=args.min_keep,
         export_clean=args.export_clean,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
-    print(json.dumps(summary, indent=2))
+    if _is_main_process():
+        print(json.dumps(summary, indent=2))
+        print(f"report: {args.out / 'report.html'}")
     return 0
 
 
@@ -232,9 +320,74 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         noise_seed=args.noise_seed,
         progress=not args.quiet,
         resume=args.resume,
+        overwrite=args.overwrite,
     )
     print((args.out / "results.md").read_text(encoding="utf-8"))
     print(f"benchmark finished in {time.perf_counter() - t0:.0f}s; results in {args.out}")
+    print(f"report: {args.out / 'report.html'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ssfilter.api import Detector
+
+    det = Detector.load(args.run, device=args.device)
+    report = det.predict_files(
+        args.inputs,
+        args.out,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"{len(report.records)} image(s): {report.n_ng} NG, {len(report.records) - report.n_ng} OK "
+        f"(raw threshold {report.calibration.image_threshold:.6g}); {len(report.skipped)} skipped; "
+        f"results in {args.out}"
+    )
+    if not report.records:
+        print(f"error: no readable image among the inputs; see {args.out / 'skipped.csv'}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from ssfilter.api import Detector
+
+    det = Detector.load(args.run, device=args.device)
+    cal = det.calibrate(args.data, val=args.val, progress=not args.quiet)
+    print(json.dumps(cal.to_dict(), indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    if args.format.lower() != "onnx":
+        print(f"error: unsupported export format {args.format!r}; only 'onnx' is available", file=sys.stderr)
+        return 2
+    try:
+        from ssfilter.inference.export import ExportParityError, export_onnx
+        from ssfilter.inference.onnx_predictor import read_onnx_metadata
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        path = export_onnx(
+            args.run, args.out, opset=args.opset, batch_size=args.batch_size, check_images=args.check_images
+        )
+    except ExportParityError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    parity = read_onnx_metadata(path)["parity"]
+    print(
+        f"wrote {path}; parity on {parity['n_images']} inputs ({parity['n_real']} real images): "
+        f"max |diff| calibrated map {parity['max_map_diff']:.3g} (tolerance {parity['map_tolerance']:g}), "
+        f"normalised score {parity['max_score_diff']:.3g} (tolerance {parity['score_tolerance']:g}), "
+        f"OK/NG label mismatches {parity['label_mismatches']}; raw map {parity['max_raw_map_diff']:.3g}, "
+        f"raw score {parity['max_raw_score_diff']:.3g}"
+    )
     return 0
 
 
@@ -259,6 +412,18 @@ _COMMANDS = {
     "benchmark": _cmd_benchmark,
     "info": _cmd_info,
     "demo": _cmd_demo,
+    "predict": _cmd_predict,
+    "calibrate": _cmd_calibrate,
+    "export": _cmd_export,
+}
+
+
+#: What Ctrl-C leaves behind, per command (every output file is written atomically).
+_INTERRUPTED = {
+    "train": "interrupted; the last complete checkpoint is kept (use --resume to continue)",
+    "benchmark": "interrupted; finished rows and checkpoints are kept (use --resume to continue)",
+    "filter": "interrupted before the filter finished: filter.csv/json and the --export-clean folder "
+    "were not written (earlier results are unchanged); run the command again",
 }
 
 
@@ -267,17 +432,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from ssfilter.data.images import ImageReadError
     from ssfilter.models.encoders import WeightsUnavailableError
     from ssfilter.training.checkpoint import RunFormatError
+    from ssfilter.training.trainer import DeviceUnavailableError
 
+    done = False
     try:
-        return _COMMANDS[args.command](args)
+        status = _COMMANDS[args.command](args)
+        done = True
+        return status
     except KeyboardInterrupt:
-        print("interrupted; the last complete checkpoint is kept (use --resume to continue)", file=sys.stderr)
+        print(_INTERRUPTED.get(args.command, "interrupted; no output was half-written"), file=sys.stderr)
         return 130
     except (
         WeightsUnavailableError,
         RunFormatError,
+        DeviceUnavailableError,
+        ImageReadError,  # a file that became unreadable after validation: the message names it and the fix
         FileNotFoundError,
         NotADirectoryError,
         ValueError,
@@ -287,6 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if "ssfilter.training.distributed" in sys.modules:  # a torchrun launch joined a process group
+            sys.modules["ssfilter.training.distributed"].cleanup(wait=done)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ import yaml
 __all__ = [
     "CONFIG_VERSION",
     "PRESETS",
+    "CalibrationConfig",
     "Config",
     "DataConfig",
     "FilterConfig",
@@ -166,6 +167,28 @@ class FilterConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Unsupervised decision thresholds computed at the end of training (``RUN/calibration.json``).
+
+    Rule (see :mod:`ssfilter.inference.calibration`): over the raw scores ``s`` of the training images,
+    ``image_threshold = median(s) + k * 1.4826 * MAD(s)``; over each training image's largest anomaly-map
+    value ``m``, ``pixel_threshold = median(m) + pixel_k * 1.4826 * MAD(m)``. Robust to a minority of
+    defective training images. ``ssfilter calibrate --val DIR`` replaces it with F1-max thresholds.
+
+    Attributes:
+        k: Robust standard deviations above the median training score for an image to be NG.
+        pixel_k: Robust standard deviations above the median per-image map maximum for a pixel to be
+            marked in the defect mask.
+        after_training: Compute ``calibration.json`` when training finishes (one extra inference pass
+            over the training images).
+    """
+
+    k: float = 4.0
+    pixel_k: float = 4.0
+    after_training: bool = True
+
+
+@dataclass
 class Config:
     """A complete run description."""
 
@@ -174,6 +197,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     version: int = CONFIG_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,6 +235,7 @@ _SECTION_TYPES: dict[str, type] = {
     "model": ModelConfig,
     "train": TrainConfig,
     "filter": FilterConfig,
+    "calibration": CalibrationConfig,
 }
 
 

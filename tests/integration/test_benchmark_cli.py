@@ -50,6 +50,8 @@ def test_benchmark_cli_end_to_end(tmp_path: Path, synthetic_mvtec: Path, tiny_co
     assert "alpha=0.25" in md and "patchcore+filter" in md and "noise rate before" in md
     assert (out / "alpha_0.25" / "noise_split.json").is_file()
     assert "results in" in capsys.readouterr().out
+    page = (out / "report.html").read_text()
+    assert "<td>patchcore+filter</td>" in page and "Dataset-level filter (per alpha)" in page
 
 
 def test_results_markdown_mean_column() -> None:

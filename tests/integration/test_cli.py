@@ -3,6 +3,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from ssfilter.cli import main
 from ssfilter.config import save_config
 
@@ -78,3 +81,13 @@ def test_dinov2_offline_error_is_clear(tmp_path: Path, synthetic_mvtec: Path, mo
     assert code == 2
     err = capsys.readouterr().err
     assert "--weights" in err and "dinov2" in err.lower()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_gpu_is_a_clear_error(tmp_path: Path, synthetic_mvtec: Path, tiny_config, capsys) -> None:
+    cfg_path = tmp_path / "cfg.yaml"
+    save_config(tiny_config, cfg_path)
+    code = main([*_train_args(synthetic_mvtec, tmp_path / "run", cfg_path), "--device", "cuda"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "--device cpu" in err and "Traceback" not in err

@@ -109,6 +109,10 @@ def _open_fully(path: Path) -> Image.Image:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageReadError(
+                path, f"broken symbolic link (target '{os.readlink(path)}' is missing)"
+            ) from None
         raise ImageReadError(path, "file not found") from None
     except OSError as exc:
         raise ImageReadError(path, f"cannot access file ({_describe(exc)})") from exc
@@ -307,7 +311,8 @@ def scan_images(root: str | os.PathLike[str], recursive: bool = True) -> list[Pa
 
     Hidden files and folders (name starting with ``.``) are ignored. Symbolic links to folders are followed,
     but a folder whose real path was already visited is not entered again, so link loops terminate (and a
-    folder linked twice is listed once). Unreadable sub-folders are skipped with a warning.
+    folder linked twice is listed once). Unreadable sub-folders are skipped with a warning. A symbolic link
+    with an image name whose target is missing (or that loops) is listed, so validation reports it.
 
     Args:
         root: Folder to scan.
@@ -345,9 +350,11 @@ def scan_images(root: str | os.PathLike[str], recursive: bool = True) -> list[Pa
             try:
                 is_dir = entry.is_dir()  # follows symlinks
                 is_file = not is_dir and entry.is_file()
-            except OSError:
-                continue
-            if is_file and _is_image_name(entry.name):
+            except OSError:  # e.g. a link loop (ELOOP)
+                is_dir = is_file = False
+            # A link with an image name whose target is gone (or loops) is listed, so validation reports it.
+            dangling = not is_dir and not is_file and entry.is_symlink() and not os.path.exists(entry.path)
+            if (is_file or dangling) and _is_image_name(entry.name):
                 found.append(Path(entry.path))
             elif is_dir and recursive:
                 real = os.path.realpath(entry.path)

@@ -7,7 +7,8 @@ SSFilter run and its filter decisions are shared by all ``+filter`` methods of a
 
 Outputs in ``out``: ``results.json`` (``{"rows": [{"method", "alpha", "overlap", "metrics", "filter"}]}``),
 ``results.md`` (I-AUROC/P-AUPRO per alpha and their mean, like the paper's tables, plus the
-filter-quality table of Fig. 4-5) and one folder per alpha with the runs.
+filter-quality table of Fig. 4-5), ``report.html`` (the same tables as a self-contained page) and
+one folder per alpha with the runs.
 
 A long benchmark can be interrupted: ``results.json`` is rewritten after every finished row, and
 ``resume=True`` keeps the finished rows, continues unfinished training runs from their last
@@ -28,7 +29,7 @@ from ssfilter.config import Config
 from ssfilter.data.datasets import Sample
 from ssfilter.io import atomic_write_json, atomic_write_text
 
-__all__ = ["BASE_METHODS", "parse_methods", "results_markdown", "run_benchmark"]
+__all__ = ["BASE_METHODS", "parse_methods", "results_markdown", "results_tables", "run_benchmark"]
 
 BASE_METHODS = ("ssfilter", "dinomaly", "patchcore")
 
@@ -57,6 +58,7 @@ def run_benchmark(
     noise_seed: int = 0,
     progress: bool = True,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate every method at every noise level; write results.json and results.md.
 
@@ -70,14 +72,31 @@ def run_benchmark(
         noise_seed: Seed of the injected selection.
         progress: Show progress bars.
         resume: Continue an interrupted benchmark in ``out`` (finished rows are kept, not recomputed).
+        overwrite: Start over in an ``out`` that already holds a (finished or interrupted) benchmark.
 
     Returns:
         The ``results.json`` payload.
+
+    Raises:
+        RunExistsError: ``out`` holds a benchmark and neither ``resume`` nor ``overwrite`` is set.
+        ValueError: Both ``resume`` and ``overwrite`` are set.
     """
     from ssfilter.data.noise import contamination, softpatch_split
 
     methods = parse_methods(methods)
     out = Path(out)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    existing = [p.name for p in sorted(out.glob("alpha_*"))]
+    if (out / "results.json").exists():
+        existing.insert(0, "results.json")
+    if existing and not (resume or overwrite):
+        from ssfilter.api import RunExistsError
+
+        raise RunExistsError(
+            f"{out} already holds a benchmark ({', '.join(existing[:4])}); pass --resume to continue it or "
+            "--overwrite to start over"
+        )
     rows: list[dict[str, Any]] = []
     previous_seconds = 0.0
     if resume and (out / "results.json").is_file():
@@ -96,6 +115,7 @@ def run_benchmark(
         train, test, split = softpatch_split(data, alpha, overlap=overlap, seed=noise_seed)
         folder = out / f"alpha_{alpha:g}"
         split.save(folder / "noise_split.json")
+        train, test = _readable(train, test, folder)
         ssf_model = None
         kept: list[Sample] | None = None
         filter_stats = None
@@ -136,7 +156,25 @@ def run_benchmark(
     payload = {"rows": rows, "seconds": elapsed(), "data": str(data)}
     atomic_write_json(out / "results.json", payload)
     atomic_write_text(out / "results.md", results_markdown(rows))
+    from ssfilter.reporting.html import write_benchmark_report
+
+    write_benchmark_report(out, rows, subtitle=f"data: {data}; overlap: {overlap}")
     return payload
+
+
+def _readable(
+    train: Sequence[Sample], test: Sequence[Sample], folder: Path
+) -> tuple[list[Sample], list[Sample]]:
+    """Leave out unreadable images (test images also when their mask is), listed in ``folder/skipped.csv``."""
+    from ssfilter.api import SKIPPED_FILE, validate_samples
+    from ssfilter.data.images import write_skipped_csv
+
+    kept_train, skipped_train = validate_samples(train, what="training image")
+    kept_test, skipped_test = validate_samples(test, masks=True, what="test image")
+    write_skipped_csv(skipped_train + skipped_test, folder / SKIPPED_FILE)
+    if not kept_train or not kept_test:
+        raise ValueError(f"no readable training or test images left; see {folder / SKIPPED_FILE}")
+    return kept_train, kept_test
 
 
 def _train(
@@ -211,13 +249,20 @@ def _pct(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
 
-def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """Paper-style tables: I-AUROC/P-AUPRO (%) per alpha and their mean; filter quality per alpha."""
+def results_tables(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The benchmark tables as ``{"title", "header", "rows"}`` of text cells (``-`` = undefined).
+
+    The first table holds I-AUROC / P-AUPRO (%) per method and alpha plus their mean over the alphas (a
+    mean needs every alpha); the second, present when a ``+filter`` method ran, the dataset-level filter's
+    quality per alpha (paper Fig. 4-5). :func:`results_markdown` and the HTML report render these.
+
+    Args:
+        rows: ``results.json`` rows.
+    """
     alphas = sorted({r["alpha"] for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
     by = {(r["method"], r["alpha"]): r for r in rows}
-    head = "| method | " + " | ".join(f"alpha={a:g}" for a in alphas) + " | mean |"
-    lines = ["I-AUROC / P-AUPRO (%)", "", head, "|" + "---|" * (len(alphas) + 2)]
+    body = []
     for m in methods:
         cells, i_vals, p_vals = [], [], []
         for a in alphas:
@@ -229,20 +274,47 @@ def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
             p_vals += [p] if p is not None else []
         mean_i = sum(i_vals) / len(i_vals) if len(i_vals) == len(alphas) else None
         mean_p = sum(p_vals) / len(p_vals) if len(p_vals) == len(alphas) else None
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_pct(mean_i)} / {_pct(mean_p)} |")
+        body.append([m, *cells, f"{_pct(mean_i)} / {_pct(mean_p)}"])
+    tables = [
+        {
+            "title": "I-AUROC / P-AUPRO (%)",
+            "header": ["method", *(f"alpha={a:g}" for a in alphas), "mean"],
+            "rows": body,
+        }
+    ]
     filtered = [r for r in rows if r.get("filter")]
     if filtered:
-        lines += ["", "Dataset-level filter (per alpha)", ""]
-        lines += ["| alpha | noise rate before | noise rate after | normal images kept | anomalies removed |"]
-        lines += ["|---|---|---|---|---|"]
-        seen = set()
+        quality, seen = [], set()
         for r in filtered:
             if r["alpha"] in seen:
                 continue
             seen.add(r["alpha"])
             f = r["filter"]
-            lines.append(
-                f"| {r['alpha']:g} | {_pct(f['noise_rate_before'])} | {_pct(f['noise_rate_after'])} | "
-                f"{_pct(f['normal_kept'])} | {_pct(f['anomalies_removed'])} |"
+            quality.append(
+                [
+                    f"{r['alpha']:g}",
+                    _pct(f["noise_rate_before"]),
+                    _pct(f["noise_rate_after"]),
+                    _pct(f["normal_kept"]),
+                    _pct(f["anomalies_removed"]),
+                ]
             )
+        header = ["alpha", "noise rate before", "noise rate after", "normal images kept", "anomalies removed"]
+        tables.append({"title": "Dataset-level filter (per alpha)", "header": header, "rows": quality})
+    return tables
+
+
+def results_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Paper-style tables: I-AUROC/P-AUPRO (%) per alpha and their mean; filter quality per alpha.
+
+    Args:
+        rows: ``results.json`` rows.
+    """
+    lines: list[str] = []
+    for table in results_tables(rows):
+        if lines:
+            lines.append("")
+        lines += [table["title"], "", "| " + " | ".join(table["header"]) + " |"]
+        lines.append("|" + "---|" * len(table["header"]))
+        lines += ["| " + " | ".join(row) + " |" for row in table["rows"]]
     return "\n".join(lines) + "\n"

@@ -31,6 +31,9 @@ class EvaluationResult:
     scores: list[float] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # Per-image smallest and largest anomaly-map values: a report's one fixed heat-map scale.
+    map_min: list[float] = field(default_factory=list)
+    map_max: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         """The ``evaluate`` JSON contract (SPEC §11) plus per-image scores."""
@@ -99,6 +102,9 @@ def evaluate_model(
         result.paths.extend(batch["path"])
         result.scores.extend(float(s) for s in scores.cpu())
         result.labels.extend(int(v) for v in labels)
+        flat = maps.flatten(1)
+        result.map_min.extend(float(v) for v in flat.amin(1).cpu())
+        result.map_max.extend(float(v) for v in flat.amax(1).cpu())
     result.metrics = acc.compute()
     result.curves = acc.curves()
     return result

@@ -15,10 +15,18 @@ Choices where the paper is silent (this module's contract):
   images and a batch size of at least 2 are required (the filter compares images within a batch).
 * **Phase.** Every batch is filtered in the regular phase (``iteration = cold_start_iters``), so the
   uncertainty takes part as it does for a trained model; restoration (synthesis) plays no role.
-* **Randomness.** ``seed`` (default ``cfg.train.seed``) fixes the permutations, the padding and the
-  MC-dropout masks; the caller's global random state is left untouched.
+* **Randomness.** ``seed`` (default ``cfg.train.seed``) fixes the permutations and the padding; the
+  MC-dropout masks of batch ``j`` of epoch ``e`` come from a generator seeded with ``(seed, e, j)``, so
+  they do not depend on which batches were filtered before or by which process. The caller's global
+  random state is left untouched.
 * **Features.** The encoder is frozen and deterministic, so with ``cache_features=True`` each image is
   encoded once and its features reused in later epochs, within a memory budget (the trainer's cache).
+  The cache is filled up front in data-set order (chunks of ``batch_size``) until the budget is spent, so
+  an image's features never depend on the batch it was first met in.
+* **Several processes.** Under ``torchrun`` (an initialised process group of N > 1) every process runs
+  the same epoch plan and filters every N-th batch (round robin over all epochs' batches); the per-batch
+  results are gathered and summed in the single-process order, so every process ends with the same
+  records, identical to a single-process run's. Callers write the outputs from rank 0 only.
 """
 
 from __future__ import annotations
@@ -45,7 +53,8 @@ from ssfilter.data.transforms import build_image_transform
 from ssfilter.filtering.batch_filter import BatchFilter
 from ssfilter.io import atomic_write_json, atomic_writer
 from ssfilter.models.dinomaly import DinomalyModel
-from ssfilter.training.trainer import _BatchCache
+from ssfilter.training import distributed
+from ssfilter.training.trainer import _BatchCache, _seed_torch
 
 __all__ = [
     "CSV_FIELDS",
@@ -54,6 +63,7 @@ __all__ = [
     "MANIFEST_CSV",
     "FilterRecord",
     "FilterRecords",
+    "batch_dropout_seed",
     "decide",
     "export_clean",
     "filter_dataset",
@@ -112,6 +122,42 @@ def decide(times_kept: int, min_keep: int) -> Decision:
 
 # -- filtering ----------------------------------------------------------------------------------------
 
+_TAG_FILTER_BATCH = 5
+
+
+def batch_dropout_seed(seed: int, epoch: int, batch: int) -> int:
+    """Seed of the MC-dropout masks of batch ``batch`` of epoch ``epoch`` (independent of sharding).
+
+    Args:
+        seed: The filter's seed.
+        epoch: 0-based epoch.
+        batch: 0-based batch index within the epoch.
+    """
+    return distributed.derive_seed(seed, _TAG_FILTER_BATCH, epoch, batch)
+
+
+@dataclass
+class _BatchResult:
+    """What one filtered batch contributes: its counted indices, keep votes and scores."""
+
+    epoch: int
+    batch: int
+    ids: np.ndarray
+    keep: np.ndarray
+    scores: np.ndarray | None
+    uncertainty: np.ndarray | None
+
+
+def _warm_cache(cache: _BatchCache, n: int, chunk: int) -> None:
+    """Encode the data set in order, ``chunk`` images at a time, until the cache's budget is spent."""
+    if cache.max_bytes <= 0:
+        return
+    for start in range(0, n, chunk):
+        ids = list(range(start, min(start + chunk, n)))
+        cache.features_for(ids)
+        if not all(i in cache.feats for i in ids):
+            return  # full: later images are encoded with their batch, the same in every process
+
 
 def _epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[tuple[list[int], int]]:
     """One epoch's batches as ``(indices, counted)``: only the first ``counted`` indices' votes count.
@@ -159,7 +205,9 @@ def filter_dataset(
         cache_bytes: Memory budget of the feature cache; beyond it features are recomputed.
 
     Returns:
-        One record per sample, in the order of ``samples``, with the parameters in ``.params``.
+        One record per sample, in the order of ``samples``, with the parameters in ``.params``. Under
+        ``torchrun`` the batches are shared out between the processes and every process returns the
+        same (merged) records.
 
     Raises:
         ValueError: Fewer than 2 images, a batch size below 2, or ``epochs`` / ``min_keep`` out of range.
@@ -190,49 +238,74 @@ def filter_dataset(
             stacklevel=2,
         )
 
-    dev = torch.device(device)
+    dev = distributed.init_distributed(device)
+    rank, world = distributed.rank(), distributed.world_size()
     model.to(dev)
     was_training = model.training
     model.eval()  # the uncertainty passes force the bottleneck dropout on by themselves
     transform = build_image_transform(cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std)
     budget = cache_bytes if cache_features else 0
-    cache = _BatchCache(AnomalyDataset(samples, transform), model, dev, budget)
+    cache = _BatchCache(AnomalyDataset(samples, transform), model, dev, budget, pin_memory=dev.type == "cuda")
     batch_filter = BatchFilter(cfg.filter, max(cfg.train.iters, 1), seed=seed)
     iteration = cfg.filter.cold_start_iters  # regular phase: uncertainty participates
     amp = cfg.train.amp and dev.type == "cuda"
     order = torch.Generator().manual_seed(seed)
+    plan = [
+        (epoch, j, indices, counted)
+        for epoch in range(epochs)
+        for j, (indices, counted) in enumerate(_epoch_batches(n, batch_size, order))
+    ]
+    mine = plan[rank::world]
 
+    results: list[_BatchResult] = []
+    bar = tqdm(
+        total=len(mine), disable=not progress or rank != 0, desc="filter", unit="batch", dynamic_ncols=True
+    )
+    rng_devices = [dev.index or 0] if dev.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                _warm_cache(cache, n, min(batch_size, n))
+            for epoch, j, indices, counted in mine:
+                _seed_torch(batch_dropout_seed(seed, epoch, j), dev)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                    feats = cache.features_for(indices)
+                    sel = batch_filter.select(iteration, model, feats)
+                results.append(
+                    _BatchResult(
+                        epoch,
+                        j,
+                        np.asarray(indices[:counted]),
+                        sel.decision.keep[:counted].cpu().numpy().astype(np.int64),
+                        None if sel.scores is None else sel.scores[:counted].float().cpu().numpy(),
+                        None
+                        if sel.uncertainty is None
+                        else sel.uncertainty.uncertainty[:counted].float().cpu().numpy(),
+                    )
+                )
+                bar.update(1)
+    finally:
+        bar.close()
+        model.train(was_training)
+    if world > 1:
+        results = [r for part in distributed.all_gather_object(results) for r in part]
+        results.sort(key=lambda r: (r.epoch, r.batch))
+
+    # Accumulate in the single-process order, so the float sums are bit-identical however it was sharded.
     seen = np.zeros(n, dtype=np.int64)
     kept = np.zeros(n, dtype=np.int64)
     sum_a = np.zeros(n, dtype=np.float64)
     sum_u = np.zeros(n, dtype=np.float64)
     has_a = has_u = False
-    per_epoch = math.ceil(n / min(batch_size, n))
-    bar = tqdm(
-        total=epochs * per_epoch, disable=not progress, desc="filter", unit="batch", dynamic_ncols=True
-    )
-    rng_devices = [dev.index or 0] if dev.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
-            torch.manual_seed(seed)
-            for _ in range(epochs):
-                for indices, counted in _epoch_batches(n, batch_size, order):
-                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                        feats = cache.features_for(indices)
-                        sel = batch_filter.select(iteration, model, feats)
-                    ids = np.asarray(indices[:counted])
-                    seen[ids] += 1
-                    kept[ids] += sel.decision.keep[:counted].cpu().numpy().astype(np.int64)
-                    if sel.scores is not None:
-                        has_a = True
-                        sum_a[ids] += sel.scores[:counted].float().cpu().numpy()
-                    if sel.uncertainty is not None:
-                        has_u = True
-                        sum_u[ids] += sel.uncertainty.uncertainty[:counted].float().cpu().numpy()
-                    bar.update(1)
-    finally:
-        bar.close()
-        model.train(was_training)
+    for r in results:
+        seen[r.ids] += 1
+        kept[r.ids] += r.keep
+        if r.scores is not None:
+            has_a = True
+            sum_a[r.ids] += r.scores
+        if r.uncertainty is not None:
+            has_u = True
+            sum_u[r.ids] += r.uncertainty
 
     records = [
         FilterRecord(

@@ -139,14 +139,15 @@ def gaussian_blur(maps: Tensor, kernel_size: int = 5, sigma: float = 4.0) -> Ten
     """
     if maps.ndim not in (3, 4):
         raise ValueError(f"expected [B, H, W] or [B, C, H, W] maps, got shape {tuple(maps.shape)}")
-    squeeze = maps.ndim == 3
-    x = _as_float(maps.unsqueeze(1) if squeeze else maps)
-    channels = x.shape[1]
-    weight = gaussian_kernel2d(kernel_size, sigma, dtype=x.dtype, device=x.device)
-    weight = weight.expand(channels, 1, kernel_size, kernel_size)
+    x = _as_float(maps)
+    # Every channel is blurred on its own: fold the channels into the batch and convolve with one
+    # single-channel kernel. Unlike a depthwise conv whose weight is expanded to the traced channel
+    # count, the kernel's shape is static, so the ONNX export works with a dynamic batch axis.
+    flat = x.reshape(-1, 1, x.shape[-2], x.shape[-1])
+    weight = gaussian_kernel2d(kernel_size, sigma, dtype=x.dtype, device=x.device)[None, None]
     with autocast_disabled(x.device):
-        out = F.conv2d(x, weight, padding=kernel_size // 2, groups=channels)
-    return out.squeeze(1) if squeeze else out
+        out = F.conv2d(flat, weight, padding=kernel_size // 2)
+    return out.reshape(x.shape)
 
 
 def topk_mean_score(maps: Tensor, ratio: float = 0.01) -> Tensor:

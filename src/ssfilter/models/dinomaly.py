@@ -6,6 +6,7 @@ output head per reconstruction group. It knows nothing about training loops, fil
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,12 +53,35 @@ class Bottleneck(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.p = dropout
 
-    def forward(self, x: Tensor, mc: bool = False) -> Tensor:
-        """Apply the noisy MLP; ``mc`` forces dropout on (MC-dropout passes)."""
+    def forward(self, x: Tensor, mc: bool = False, row_seeds: Sequence[int] | None = None) -> Tensor:
+        """Apply the noisy MLP.
+
+        Args:
+            x: Tokens ``[B, N, C]``.
+            mc: Force dropout on (MC-dropout passes).
+            row_seeds: Optional seed per row of ``x``: each image's three dropout masks are then drawn from
+                its own generator, so they depend neither on the other images of the batch nor on how a
+                batch is split across processes (DDP training). Default: ``F.dropout``'s global generator.
+        """
         active = self.training or mc
+        if row_seeds is not None and active and self.p > 0:
+            if len(row_seeds) != x.shape[0]:
+                raise ValueError(f"{len(row_seeds)} row seeds for a batch of {x.shape[0]}")
+            gens = [torch.Generator(device=x.device).manual_seed(int(s)) for s in row_seeds]
+            x = _seeded_dropout(x, self.p, gens)
+            x = _seeded_dropout(self.act(self.fc1(x)), self.p, gens)
+            return _seeded_dropout(self.fc2(x), self.p, gens)
         x = F.dropout(x, self.p, active)
         x = F.dropout(self.act(self.fc1(x)), self.p, active)
         return F.dropout(self.fc2(x), self.p, active)
+
+
+def _seeded_dropout(x: Tensor, p: float, generators: Sequence[torch.Generator]) -> Tensor:
+    """Inverted dropout (as ``F.dropout``) whose mask for row ``i`` comes from ``generators[i]``."""
+    if p >= 1.0:
+        return x * 0.0
+    noise = torch.stack([torch.rand(x.shape[1:], generator=g, device=x.device) for g in generators])
+    return x * (noise >= p).to(x.dtype) * (1.0 / (1.0 - p))
 
 
 class DinomalyModel(nn.Module):
@@ -111,21 +135,26 @@ class DinomalyModel(nn.Module):
         """Encoder reconstruction targets as ``[B, C_g, H, W]`` maps."""
         return [tokens_to_grid(g, feats.grid) for g in self.encoder.groups(feats)]
 
-    def decode(self, feats: EncoderFeatures, mc_passes: int = 0) -> list[Tensor]:
+    def decode(
+        self, feats: EncoderFeatures, mc_passes: int = 0, row_seeds: Sequence[int] | None = None
+    ) -> list[Tensor]:
         """Reconstruct the groups from encoder features.
 
         Args:
             feats: Encoder features of ``B`` images.
             mc_passes: When ``K > 0``, run ``K`` MC-dropout passes as one batch of ``K*B`` (pass-major:
                 rows ``k*B .. (k+1)*B-1`` are pass ``k``) with dropout forced on in the bottleneck.
+            row_seeds: Optional per-image dropout seeds (see :class:`Bottleneck`); not with ``mc_passes``.
 
         Returns:
             One ``[B or K*B, C_g, H, W]`` map per group.
         """
         x = self.encoder.bottleneck_input(feats)
         if mc_passes > 0:
+            if row_seeds is not None:
+                raise ValueError("row_seeds cannot be combined with mc_passes")
             x = x.repeat(mc_passes, 1, 1)
-        x = self.bottleneck(x, mc=mc_passes > 0)
+        x = self.bottleneck(x, mc=mc_passes > 0, row_seeds=row_seeds)
         x = x[:, feats.num_prefix :]
         outputs: list[Tensor] = []
         for block in self.decoder:

@@ -13,10 +13,12 @@ A run folder holds:
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -103,7 +105,13 @@ def load_model(
     path = run / MODEL_FILE
     if not path.is_file():
         raise RunFormatError(f"{run} has no {MODEL_FILE}: train it first (ssfilter train --out {run})")
-    meta = read_model_metadata(path)
+    try:
+        meta = read_model_metadata(path)
+    except Exception as err:  # safetensors raises its own error types for a corrupt or foreign file
+        raise RunFormatError(
+            f"{path} is not a readable safetensors model ({type(err).__name__}: {err}); retrain the run "
+            "(ssfilter train --overwrite) or restore the file"
+        ) from err
     if meta.get("format") != str(RUN_FORMAT):
         raise RunFormatError(
             f"{path} has run format {meta.get('format')!r}; ssfilter {ssfilter.__version__} reads format "
@@ -127,8 +135,11 @@ def _load_run_config(run: Path) -> Config:
         raise RunFormatError(f"{run} is not an ssfilter run folder (no {CONFIG_FILE})")
     try:
         return load_config(run / CONFIG_FILE)
-    except ValueError as err:
-        raise RunFormatError(f"{run / CONFIG_FILE}: {err}") from err
+    except (ValueError, TypeError, yaml.YAMLError) as err:
+        raise RunFormatError(
+            f"{run / CONFIG_FILE} cannot be read by ssfilter {ssfilter.__version__} ({err}); the run was "
+            "written by another version or the file was edited"
+        ) from err
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Config, DinomalyModel]:
@@ -144,8 +155,26 @@ def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
-    """Read a training state with ``weights_only=True`` (no arbitrary unpickling)."""
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    """Read a training state with ``weights_only=True`` (no arbitrary unpickling).
+
+    Args:
+        path: A ``train_state.pt`` written by :func:`save_train_state`.
+
+    Raises:
+        RunFormatError: The file is not a training state this version can read (corrupt, written by another
+            program or version, or a pickle that would run code on loading).
+    """
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise RunFormatError(
+            f"{path} is not a training state this ssfilter version can load ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); start the run again without --resume "
+            "(use --overwrite) or use the ssfilter version that wrote it"
+        ) from err
+    if not isinstance(state, dict) or "iteration" not in state:
+        raise RunFormatError(f"{path} is not an ssfilter training state (no 'iteration' entry)")
+    return state
 
 
 def write_run_config(run_dir: str | Path, cfg: Config) -> None:

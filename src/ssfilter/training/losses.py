@@ -16,7 +16,12 @@ from torch import Tensor
 
 from ssfilter.models.anomaly_map import COSINE_EPS, autocast_disabled, point_distance
 
-__all__ = ["hard_cosine_loss", "hard_mining_p"]
+__all__ = ["ThresholdPool", "hard_cosine_loss", "hard_mining_p"]
+
+#: Maps one group's point distances ``[B, H, W]`` to the values the hard-mining threshold is taken over
+#: and how many of them are real: ``(values, count)``. Under DDP it gathers every rank's distances (padded
+#: with ``-inf``, never among the top ``count``), so the threshold is the global batch's, as in one process.
+ThresholdPool = Callable[[Tensor], tuple[Tensor, int]]
 
 
 def hard_mining_p(iteration: int, p_max: float = 0.9, ramp_iters: int = 1000) -> float:
@@ -30,14 +35,15 @@ def hard_mining_p(iteration: int, p_max: float = 0.9, ramp_iters: int = 1000) ->
     return max(0.0, min(p_max * iteration / ramp_iters, p_max))
 
 
-def _easy_mask(dist: Tensor, p: float) -> Tensor:
+def _easy_mask(dist: Tensor, p: float, pool: ThresholdPool | None = None) -> Tensor:
     """Positions ``[B, H, W]`` whose distance is strictly below the k-th largest over the whole batch.
 
     ``k = max(1, int(numel * (1 - p)))``. Ties with the threshold count as hard. With ``p = 0``, ``k = numel``
-    and the threshold is the minimum, so no position is strictly below it: gradients stay untouched.
+    and the threshold is the minimum, so no position is strictly below it: gradients stay untouched. With
+    ``pool``, the k-th largest is taken over ``pool(dist)`` (``numel`` = its count) instead.
     """
-    flat = dist.flatten()
-    k = max(1, int(flat.numel() * (1.0 - p)))
+    flat, count = (dist.flatten(), dist.numel()) if pool is None else pool(dist)
+    k = max(1, int(count * (1.0 - p)))
     threshold = torch.topk(flat, k, largest=True, sorted=True).values[-1]
     return dist < threshold
 
@@ -48,6 +54,7 @@ def hard_cosine_loss(
     p: float,
     factor: float = 0.1,
     reduction: Literal["mean", "none"] = "mean",
+    pool: ThresholdPool | None = None,
 ) -> Tensor:
     """Global cosine loss with gradient hard mining, averaged over groups.
 
@@ -58,6 +65,8 @@ def hard_cosine_loss(
         factor: Gradient multiplier for easy positions.
         reduction: ``"mean"`` gives a scalar; ``"none"`` gives per-image losses ``[B]`` (mean over groups) so
             the SSFilter trainer can sum kept and synthetic images separately (Eq. 12-14).
+        pool: Optional :data:`ThresholdPool`: the batch the threshold is taken over is then ``pool``'s
+            (DDP: the global batch of all ranks), called once per group, so it may be a collective.
 
     Returns:
         The loss in float32 (the cosines are computed in float32 even under bf16 autocast).
@@ -87,7 +96,7 @@ def hard_cosine_loss(
         a = enc.detach()
         with torch.no_grad():
             dist = point_distance(a, dec.detach())  # [B, H, W], float32, raises on shape mismatch
-            easy = _easy_mask(dist, p).unsqueeze(1)  # [B, 1, H, W], broadcast over channels
+            easy = _easy_mask(dist, p, pool).unsqueeze(1)  # [B, 1, H, W], broadcast over channels
         if dec.requires_grad and torch.is_grad_enabled():
             dec.register_hook(_make_hook(easy, factor))
         with autocast_disabled(dec.device):

@@ -81,3 +81,19 @@ def test_resume_gives_identical_weights(tmp_path: Path, synthetic_mvtec: Path, t
     assert [int(r["iteration"]) for r in rows] == list(range(1, 7)), (
         "log rows after the checkpoint are replaced"
     )
+
+
+def test_resume_with_a_changed_model_is_a_run_format_error(
+    tmp_path: Path, synthetic_mvtec: Path, tiny_config
+) -> None:
+    from ssfilter.training.checkpoint import RunFormatError
+
+    samples = discover(synthetic_mvtec, "train")
+    tiny_config.train.iters = 4
+    tiny_config.train.checkpoint_every = 2
+    Trainer(tiny_config, samples, tmp_path / "run", progress=False, stop_after=2).fit()
+    assert (tmp_path / "run" / STATE_FILE).is_file()
+    changed = tiny_config.copy()
+    changed.model.decoder_dim = 2 * (tiny_config.model.decoder_dim or 32)
+    with pytest.raises(RunFormatError, match="does not match this model"):
+        Trainer(changed, samples, tmp_path / "run", progress=False).fit(resume=True)

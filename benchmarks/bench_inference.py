@@ -1,0 +1,175 @@
+"""Section "inference": images/s per preset, eager PyTorch vs ``torch.compile`` vs ONNX Runtime.
+
+Each paper preset (ViT-S/14 with random weights; the speed does not depend on their values) is timed on
+random inputs already in memory with :mod:`benchmarks.fps` (encoder, decoder, maps at ``eval_size``, blur
+and scores). Variants:
+
+* **eager**: plain PyTorch (bf16 autocast + TF32 on CUDA);
+* **torch.compile**: the model compiled with the default inductor backend; the compilation time (first
+  call) is in the notes. Any failure is reported as ``n/a (reason)``;
+* **ONNX Runtime**: the graph written by :func:`ssfilter.inference.export.export_onnx` (fixed batch size),
+  run with ONNX Runtime's CPU execution provider (CUDA provider on a CUDA run when installed). The graph
+  also normalises the input, which eager does outside the timed call; that is a few element-wise ops.
+
+``--quick`` measures eager only, on batches of 1, and reports the other two as n/a: compiling or
+exporting a ViT-S takes tens of seconds to minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import Context, Row, now, random_config, random_model
+from benchmarks.fps import PAPER_FPS, inference_fn, measure_fps
+from ssfilter.config import Config
+
+__all__ = ["run"]
+
+SECTION = "inference"
+PRESETS = ("paper-256-224", "paper-448-392")
+
+
+def _reason(err: BaseException) -> str:
+    """A one-line reason for an n/a cell."""
+    text = str(err).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(err).__name__}: {first[:160]}"
+
+
+def _batch(ctx: Context) -> int:
+    if ctx.quick:
+        return 1
+    # The paper's batch 16 on a GPU; 4 on a CPU keeps the full run within its time budget (a ViT-S
+    # forward at crop 392 costs about 50 GFLOPs per image).
+    return 16 if ctx.device.type == "cuda" else 4
+
+
+def _ort_images_per_s(
+    model: torch.nn.Module, cfg: Config, batch: int, repeats: int, ctx: Context
+) -> tuple[float, str]:
+    """Export with the project's exporter and time ONNX Runtime; return (images/s, notes)."""
+    import onnxruntime as ort
+
+    from ssfilter.inference.export import export_onnx  # ImportError -> n/a
+
+    path = ctx.tmp / f"{cfg.preset}_b{batch}.onnx"
+    start = time.perf_counter()
+    export_onnx(model, path, batch_size=batch, config=cfg)
+    export_s = time.perf_counter() - start
+    providers = ["CPUExecutionProvider"]
+    if ctx.device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError("onnxruntime has no CUDAExecutionProvider here; compare on --device cpu")
+        providers = ["CUDAExecutionProvider"]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # As many threads as torch uses, so the comparison with eager is like for like.
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(Path(path)), options, providers=providers)
+    name = session.get_inputs()[0].name
+    crop = cfg.data.crop
+    images = np.random.default_rng(0).random((batch, 3, crop, crop), dtype=np.float32)
+    session.run(None, {name: images})  # warm-up
+    secs = []
+    for _ in range(repeats):
+        t0 = now()
+        session.run(None, {name: images})
+        secs.append(now() - t0)
+    threads = torch.get_num_threads()
+    notes = f"{providers[0]}, {threads} threads; export + parity check {export_s:.0f} s wall"
+    return batch / statistics.median(secs), notes
+
+
+def _preset_rows(preset: str, ctx: Context) -> list[Row]:
+    cfg = random_config(preset)
+    model = random_model(cfg, ctx.device)
+    batch = _batch(ctx)
+    amp = ctx.device.type == "cuda"
+    repeats = 1 if ctx.quick else 2
+    setting = f"{preset} ({cfg.model.backbone}, crop {cfg.data.crop}), batch {batch}"
+    ctx.log(f"[{SECTION}] {setting}: eager")
+    eager = measure_fps(
+        inference_fn(model, cfg, amp), cfg, ctx.device, batch=batch, warmup=0, repeats=repeats
+    )
+    paper = PAPER_FPS[preset]
+    rows: list[Row] = []
+
+    compiled: float | None = None
+    na: str | None = None
+    notes = ""
+    if ctx.quick:
+        na = "skipped in --quick: compiling takes minutes on a CPU"
+    else:
+        ctx.log(f"[{SECTION}] {setting}: torch.compile")
+        try:
+            cmodel = torch.compile(model)
+            res = measure_fps(
+                inference_fn(cmodel, cfg, amp), cfg, ctx.device, batch=batch, warmup=0, repeats=repeats
+            )
+            compiled, notes = res.images_per_s, f"compilation (first call) {res.first_call_s:.0f} s wall"
+        except Exception as err:  # noqa: BLE001 - any compiler failure is a result to report
+            na = _reason(err)
+        finally:
+            torch._dynamo.reset()
+    rows.append(
+        Row(
+            SECTION,
+            setting,
+            "torch.compile",
+            compiled,
+            "eager",
+            eager.images_per_s,
+            "img/s",
+            notes=(notes + "; " if notes else "")
+            + f"median of {repeats}; paper Table 3 (RTX 3090, batch 16): {paper:.0f} img/s",
+            na=na,
+        )
+    )
+
+    ort_ips: float | None = None
+    na, notes = None, ""
+    if ctx.quick:
+        na = "skipped in --quick: export + parity check take tens of seconds"
+    else:
+        ctx.log(f"[{SECTION}] {setting}: ONNX Runtime")
+        try:
+            ort_ips, notes = _ort_images_per_s(model, cfg, batch, repeats, ctx)
+        except ImportError as err:
+            na = f"exporter or onnxruntime not available ({_reason(err)})"
+        except Exception as err:  # noqa: BLE001 - an export failure is a result to report
+            na = f"export failed: {_reason(err)}"
+    rows.append(
+        Row(
+            SECTION,
+            setting,
+            "ONNX Runtime",
+            ort_ips,
+            "eager",
+            eager.images_per_s,
+            "img/s",
+            notes=notes,
+            na=na,
+        )
+    )
+    return rows
+
+
+def run(ctx: Context) -> list[Row]:
+    """Measure both paper presets.
+
+    Args:
+        ctx: The run's context (``quick``: eager only, batch 1).
+
+    Returns:
+        Two rows per preset: torch.compile vs eager and ONNX Runtime vs eager (images/s).
+    """
+    rows: list[Row] = []
+    for preset in PRESETS:
+        rows += _preset_rows(preset, ctx)
+    return rows

@@ -1,0 +1,289 @@
+"""Run an exported ssfilter ONNX file without PyTorch: numpy, Pillow and ONNX Runtime only.
+
+Example:
+    >>> from ssfilter.inference.onnx_predictor import OnnxPredictor
+    >>> pred = OnnxPredictor("model.onnx")                                  # doctest: +SKIP
+    >>> results, skipped = pred.predict(["part_0001.png", "more_parts/"])   # doctest: +SKIP
+    >>> results[0].label, results[0].score, results[0].map.shape            # doctest: +SKIP
+    ('OK', 0.21, (256, 256))
+
+Preprocessing reproduces the run's torchvision transform
+(:func:`ssfilter.data.transforms.build_image_transform`) with Pillow and numpy:
+``Image.resize((resize, resize), BILINEAR)`` (what torchvision's antialiased bilinear ``Resize`` calls for
+a PIL image), the centre crop at ``int(round((side - crop) / 2))`` (torchvision's ``CenterCrop``
+offsets), and ``uint8 / 255`` as float32 (``ToTensor``). Normalisation happens inside the graph.
+Images are read with :func:`ssfilter.data.images.read_image` (EXIF orientation, any pixel mode to
+8-bit RGB), exactly as in training.
+
+Nothing in this module imports torch (a test runs it with torch blocked).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ssfilter.data.images import ImageReadError, Skipped, read_image, scan_images
+from ssfilter.inference.calibration import Calibration, CalibrationError
+
+__all__ = ["OnnxPrediction", "OnnxPredictor", "decode_metadata", "preprocess", "read_onnx_metadata"]
+
+_INT_KEYS = ("crop", "resize", "eval_size", "opset", "ssfilter_export_format")
+_JSON_KEYS = ("mean", "std", "calibration", "parity")
+
+
+def decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
+    """Decode the string ``metadata_props`` of an exported file.
+
+    Args:
+        raw: The ``{key: value}`` strings.
+
+    Returns:
+        The same keys; ``crop``/``resize``/``eval_size``/``opset`` as ints, ``mean``/``std`` as lists,
+        ``calibration`` and ``parity`` as dicts (``calibration`` is ``None`` when none was embedded).
+    """
+    out: dict[str, Any] = dict(raw)
+    for key in _INT_KEYS:
+        if key in out:
+            out[key] = int(out[key])
+    for key in _JSON_KEYS:
+        if key in out:
+            out[key] = json.loads(out[key])
+    return out
+
+
+def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ssfilter metadata of an exported file (see :func:`decode_metadata`).
+
+    Args:
+        path: An ``.onnx`` file written by :func:`ssfilter.inference.export.export_onnx`.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return decode_metadata(dict(session.get_modelmeta().custom_metadata_map))
+
+
+def preprocess(image: Image.Image, resize: int, crop: int) -> np.ndarray:
+    """The graph input for one RGB image: ``float32 [3, crop, crop]`` in [0, 1].
+
+    Same pixels as torchvision's ``Resize((resize, resize), BILINEAR, antialias=True)``,
+    ``CenterCrop(crop)`` and ``ToTensor()`` on a PIL image.
+
+    Args:
+        image: An 8-bit RGB image (as :func:`~ssfilter.data.images.read_image` returns).
+        resize: Side of the square resize.
+        crop: Side of the centre crop (at most ``resize``).
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (resize, resize):
+        image = image.resize((resize, resize), Image.BILINEAR)
+    top = int(round((resize - crop) / 2.0))
+    left = int(round((resize - crop) / 2.0))
+    image = image.crop((left, top, left + crop, top + crop))
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+
+
+@dataclass
+class OnnxPrediction:
+    """The result for one image (the fields of :class:`ssfilter.inference.predictor.Prediction`).
+
+    Attributes:
+        path: The image file.
+        raw_score: Model score (mean of the top 1% map values).
+        score: Normalised score in [0, 1]; 0.5 is the threshold.
+        label: ``"NG"`` when ``raw_score >= threshold``, else ``"OK"``.
+        threshold: The raw image threshold used.
+        width: Original image width.
+        height: Original image height.
+        raw_map: ``[S, S]`` raw anomaly map on the model's crop (``S`` = the run's ``eval_size``).
+        map: ``raw_map`` on the run's fixed [0, 1] scale (0.5 = pixel threshold).
+    """
+
+    path: str
+    raw_score: float
+    score: float
+    label: str
+    threshold: float
+    width: int
+    height: int
+    raw_map: np.ndarray = field(repr=False)
+    map: np.ndarray = field(repr=False)
+
+
+class OnnxPredictor:
+    """Scores, OK/NG labels and heat-maps from an exported ``.onnx`` file, without PyTorch.
+
+    Args:
+        path: File written by :func:`ssfilter.inference.export.export_onnx` (or ``ssfilter export``).
+        providers: ONNX Runtime execution providers (default: CPU).
+        threads: Intra-op threads (default: ONNX Runtime's choice).
+        threshold: Raw image threshold overriding the embedded calibration's.
+
+    Raises:
+        ValueError: when the file has no ssfilter metadata.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        threshold: float | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        self.path = Path(path)
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+        self.metadata = decode_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
+        missing = [k for k in ("crop", "resize", "eval_size") if k not in self.metadata]
+        if missing:
+            raise ValueError(f"{self.path} is not an ssfilter export (metadata lacks {', '.join(missing)})")
+        self.crop: int = self.metadata["crop"]
+        self.resize: int = self.metadata["resize"]
+        self.eval_size: int = self.metadata["eval_size"]
+        inp = self.session.get_inputs()[0]
+        self.input_name: str = inp.name
+        batch = inp.shape[0]
+        #: Fixed batch size of the graph, or ``None`` when its batch axis is dynamic.
+        self.fixed_batch: int | None = batch if isinstance(batch, int) else None
+        raw_cal = self.metadata.get("calibration")
+        cal = Calibration.from_dict(raw_cal, where=f"{self.path} metadata") if raw_cal else None
+        if threshold is not None:
+            if cal is None:
+                raise CalibrationError(
+                    "a threshold override needs the file's calibration for the heat-map scale"
+                )
+            cal = cal.with_threshold(threshold)
+        self.calibration: Calibration | None = cal
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """The graph input for one RGB image (see :func:`preprocess`).
+
+        Args:
+            image: An RGB image.
+        """
+        return preprocess(image, self.resize, self.crop)
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw scores ``[N]`` and maps ``[N, S, S]`` of preprocessed ``[N, 3, crop, crop]`` inputs.
+
+        Args:
+            images: float32 inputs in [0, 1] (see :meth:`preprocess`).
+        """
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        n = len(x)
+        if n == 0:
+            return np.zeros(0, np.float32), np.zeros((0, self.eval_size, self.eval_size), np.float32)
+        step = self.fixed_batch or n
+        scores, maps = [], []
+        for start in range(0, n, step):
+            chunk = x[start : start + step]
+            valid = len(chunk)
+            if self.fixed_batch is not None and valid < step:  # pad a fixed-size graph's last batch
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - valid, axis=0)])
+            m, s = self.session.run(["maps", "scores"], {self.input_name: chunk})
+            maps.append(m[:valid, 0])
+            scores.append(s[:valid])
+        return np.concatenate(scores), np.concatenate(maps)
+
+    def predict_raw(
+        self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 8
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw image scores ``[N]`` and maps ``[N, S, S]`` of image files; raises on an unreadable file.
+
+        Args:
+            paths: Image files.
+            batch_size: Images per ONNX Runtime call.
+        """
+        scores, maps = [], []
+        files = list(paths)
+        for start in range(0, len(files), max(1, batch_size)):
+            batch = np.stack([self.preprocess(read_image(p)) for p in files[start : start + batch_size]])
+            s, m = self.run(batch)
+            scores.append(s)
+            maps.append(m)
+        if not scores:
+            return self.run(np.zeros((0, 3, self.crop, self.crop), np.float32))
+        return np.concatenate(scores), np.concatenate(maps)
+
+    def predict(
+        self, inputs: Iterable[str | os.PathLike[str]], batch_size: int = 8
+    ) -> tuple[list[OnnxPrediction], list[Skipped]]:
+        """Predict image files and folders (searched recursively): scores, labels and maps.
+
+        Args:
+            inputs: Image files or folders.
+            batch_size: Images per ONNX Runtime call.
+
+        Returns:
+            ``(predictions, skipped)``: one :class:`OnnxPrediction` per readable image, and the inputs that
+            could not be read (missing or broken files), with the reason.
+
+        Raises:
+            CalibrationError: when the file carries no calibration (export it from a calibrated run).
+        """
+        cal = self.calibration
+        if cal is None:
+            raise CalibrationError(
+                f"{self.path} has no embedded calibration: use predict_raw(), or re-export it from a run "
+                "with calibration.json (`ssfilter calibrate --run RUN`)"
+            )
+        files: list[Path] = []
+        skipped: list[Skipped] = []
+        for item in inputs:
+            path = Path(item)
+            if path.is_dir():
+                files.extend(scan_images(path))
+            elif path.is_file():
+                files.append(path)
+            else:
+                skipped.append(Skipped(str(path), "file not found"))
+        results: list[OnnxPrediction] = []
+        for start in range(0, len(files), max(1, batch_size)):
+            names, sizes, arrays = [], [], []
+            for path in files[start : start + batch_size]:
+                try:
+                    image = read_image(path)
+                except ImageReadError as err:
+                    skipped.append(Skipped(str(path), err.reason))
+                    continue
+                names.append(str(path))
+                sizes.append(image.size)
+                arrays.append(self.preprocess(image))
+            if not arrays:
+                continue
+            scores, maps = self.run(np.stack(arrays))
+            norm_scores = cal.normalize_scores(scores)
+            labels = cal.label(scores)
+            norm_maps = cal.normalize_maps(maps)
+            for i, name in enumerate(names):
+                results.append(
+                    OnnxPrediction(
+                        path=name,
+                        raw_score=float(scores[i]),
+                        score=float(norm_scores[i]),
+                        label=labels[i],
+                        threshold=cal.image_threshold,
+                        width=sizes[i][0],
+                        height=sizes[i][1],
+                        raw_map=maps[i],
+                        map=norm_maps[i],
+                    )
+                )
+        return results, skipped

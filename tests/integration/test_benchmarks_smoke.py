@@ -1,0 +1,87 @@
+"""Smoke tests of the benchmark suite: ``python -m benchmarks --quick`` and ``gpu_check.sh --smoke``.
+
+They check that every section runs and reports a number or ``n/a (reason)``, not the numbers themselves
+(those depend on the machine). Both run with one torch thread: on a shared 2-core CI machine, two threads
+per process spend most of their time waiting for each other.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SECTIONS = {"patch scoring", "uncertainty", "training", "inference", "dataset filter", "scaling"}
+RATIO = re.compile(r"^(\d+\.\d\dx|n/a \(.+\))$")
+
+pytestmark = pytest.mark.slow
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    """Cells of the Markdown table's body rows (escaped ``\\|`` stays inside a cell)."""
+    rows = []
+    for line in text.splitlines():
+        if not line.startswith("| ") or line.startswith("|---"):
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        rows.append(cells)
+    return rows[1:]  # drop the header row
+
+
+def test_quick_benchmarks_print_one_table_with_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "bench.md"
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--threads", "1"]
+    cmd += ["--out", str(out)]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = _table_rows(proc.stdout)
+    assert {r[0] for r in rows} == SECTIONS
+    # patch scoring 2 cases x (time, memory); uncertainty 2; training 1; inference 2 presets x 2;
+    # dataset filter 1; scaling 2
+    assert len(rows) == 14, proc.stdout
+    for r in rows:
+        assert len(r) == 8, r
+        assert RATIO.match(r[4]), r
+    by_section = {r[0]: r for r in rows}
+    assert "decisions EQUAL" in by_section["dataset filter"][7]
+    for r in rows:
+        if r[0] == "inference":
+            assert re.search(r"eager: [\d.]+ img/s", r[3]), r  # eager is always measured
+    md = out.read_text(encoding="utf-8")
+    assert md == proc.stdout
+    for key in ("**date:**", "**machine:**", "**torch:**", "**clock:**"):
+        assert key in md
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_smoke_runs_on_cpu_and_prints_fps(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^TRAIN paper-448-392 ssfilter: 2 iterations", proc.stdout, re.M), proc.stdout
+    fps = [line for line in proc.stdout.splitlines() if line.startswith("FPS ")]
+    assert len(fps) == 2, proc.stdout
+    assert fps[0].startswith("FPS paper-256-224") and "638 FPS" in fps[0]
+    assert fps[1].startswith("FPS paper-448-392") and "202 FPS" in fps[1]
+    for line in fps:
+        assert re.search(r": [\d.]+ images/s", line), line
+    assert not list(tmp_path.glob("ssfilter_gpu_check.*")), "the work folder is removed"
