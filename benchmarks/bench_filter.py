@@ -52,7 +52,7 @@ FULL_SETTINGS = [
     _Setting("paper-448-392", {}, 4, 4, 2),
 ]
 QUICK_SETTINGS = [_Setting("cpu-fast", {"data.resize": 72, "data.crop": 64}, 8, 4, 2)]
-FULL_SCALING = _Setting("cpu-fast", {}, 4, 4, 1)
+FULL_SCALING = _Setting("cpu-fast", {}, 8, 4, 1)
 QUICK_SCALING = _Setting("cpu-fast", {"data.resize": 72, "data.crop": 64}, 4, 4, 1)
 
 _PARTS = ("image reading", "encoder", "patch scoring", "MC passes")

@@ -7,13 +7,15 @@ states what A and B are, e.g. "sequential" vs "batched", so the ratio reads as a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
 import re
 import statistics
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +37,7 @@ __all__ = [
     "machine_info",
     "measure_peak",
     "now",
+    "quiet_stdout",
     "random_config",
     "random_model",
     "render_markdown",
@@ -314,6 +317,26 @@ def measure_peak(fn: Callable[[], T], device: torch.device) -> tuple[float, floa
         return seconds, (torch.cuda.max_memory_allocated(device) - before) / MB, out
     peak = _status_kib("VmHWM")
     return seconds, None if peak is None else (peak * 1024.0 - before) / MB, out
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Send everything written to file descriptor 1 (C/C++ code included) to /dev/null for the block.
+
+    The table is the only thing on stdout; some libraries print diagnostics from C++ (e.g. the
+    TorchScript ONNX exporter dumps the whole graph when an operator is unsupported).
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            with contextlib.redirect_stdout(sys.stderr):
+                yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 # -- machine ------------------------------------------------------------------------------------------

@@ -296,7 +296,7 @@ class Detector:
             from ssfilter.reporting.examples import build_evaluate_report
             from ssfilter.reporting.html import write_evaluate_report
 
-            context = [("run", str(self.run_dir)), ("test data", str(root))]
+            context = [(k, str(v)) for k, v in (("run", self.run_dir), ("test data", root)) if v is not None]
             content = build_evaluate_report(
                 model, samples, self.config, res, device=device, run_dir=self.run_dir, context=context
             )

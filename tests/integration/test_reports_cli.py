@@ -145,7 +145,7 @@ def test_demo_weights_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     cfg = demo_config(str(vit))
     assert cfg.model.backbone == "dinov2_vits14_reg" and cfg.data.crop % 14 == 0
-    assert cfg.filter.uncertainty is True and cfg.model.random_init is False
+    assert cfg.model.random_init is False and cfg.model.weights == str(vit.resolve())
     cfg = demo_config(None)
     assert cfg.model.backbone == "mobilenet_v2" and cfg.model.random_init is True
     assert cfg.filter.uncertainty is False

@@ -27,30 +27,29 @@ __all__ = ["build_evaluate_report", "heatmap_scale", "select_examples"]
 
 
 def heatmap_scale(result: EvaluationResult, run_dir: str | os.PathLike[str] | None = None) -> HeatmapScale:
-    """The one heat-map scale of a report: the run's calibration when it has one, else the test maps' range.
+    """The one heat-map scale of a report: minimum to maximum over all test maps.
+
+    The range of the test maps themselves (not the run's calibration scale, whose pixel threshold can
+    lie above every test value of a weak model and paint everything cold) shows where the model sees
+    anomalies relative to the whole test set. The calibrated pixel threshold, when the run has one, is
+    marked on the colour bar.
 
     Args:
         result: The evaluation (its per-image ``map_min`` / ``map_max``).
         run_dir: Run folder that may hold ``calibration.json``.
     """
+    threshold = None
     if run_dir is not None and (Path(run_dir) / "calibration.json").is_file():
         from ssfilter.inference.calibration import Calibration, CalibrationError
 
         try:
-            cal = Calibration.load(run_dir)
+            threshold = Calibration.load(run_dir).pixel_threshold
         except (CalibrationError, OSError):
-            cal = None
-        if cal is not None and cal.map_max > cal.map_min:
-            return HeatmapScale(
-                cal.map_min,
-                cal.map_max,
-                cal.pixel_threshold,
-                "the run's calibration: colour switch at its pixel threshold",
-            )
+            threshold = None
     if not result.map_max:
-        return HeatmapScale(0.0, 1.0, None, "no maps")
+        return HeatmapScale(0.0, 1.0, "no maps", threshold)
     lo, hi = float(min(result.map_min)), float(max(result.map_max))
-    return HeatmapScale(lo, hi, None, "minimum to maximum over all test maps")
+    return HeatmapScale(lo, hi, "minimum to maximum over all test maps", threshold)
 
 
 def select_examples(result: EvaluationResult, per_group: int = 4) -> list[tuple[str, str, list[int]]]:

@@ -137,6 +137,19 @@ class ReportAssets:
             image.save(tmp, format="PNG")
         return f"{ASSETS_DIR}/{name}"
 
+    def remove_stale(self) -> None:
+        """Delete this prefix's images left over from an earlier, larger report in the same folder.
+
+        Call after the new ``report.html`` is written; only generated names (``<prefix>-NNNN.png``) with a
+        number at or above this report's count are removed.
+        """
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.glob(f"{self.prefix}-*.png"):
+            number = path.stem[len(self.prefix) + 1 :]
+            if len(number) == 4 and number.isdigit() and int(number) >= self.count:
+                path.unlink(missing_ok=True)
+
 
 # -- SVG charts ---------------------------------------------------------------------------------------
 
@@ -370,8 +383,8 @@ def _svg_bars(
     return "".join(out)
 
 
-def _svg_colorbar(scale: HeatmapScale, width: int = 320, height: int = 46) -> str:
-    """The heat-map colour scale with its raw-value ends (and the pixel threshold when known)."""
+def _svg_colorbar(scale: HeatmapScale, width: int = 320, height: int = 52) -> str:
+    """The heat-map colour scale with its raw-value ends (and the calibrated pixel threshold inside it)."""
     stops = "".join(
         f'<stop offset="{v:.2f}" stop-color="rgb({r},{g},{b})"/>' for v, (r, g, b) in COLORMAP_ANCHORS
     )
@@ -384,12 +397,15 @@ def _svg_colorbar(scale: HeatmapScale, width: int = 320, height: int = 46) -> st
         f'<text x="10" y="34" font-size="10">{_fmt_tick(scale.lo)}</text>',
         f'<text x="{width - 10}" y="34" font-size="10" text-anchor="end">{_fmt_tick(scale.hi)}</text>',
     ]
-    if scale.threshold is not None and scale.hi > scale.lo:
-        x = 10 + (width - 20) * float(scale.normalize(np.array([scale.threshold]))[0])
+    t = scale.threshold
+    if t is not None and scale.lo <= t <= scale.hi and scale.hi > scale.lo:
+        x = 10 + (width - 20) * float(scale.normalize(np.array([t]))[0])
         out.append(
-            f'<line x1="{x:.1f}" y1="2" x2="{x:.1f}" y2="22" stroke="#000"/>'
-            f'<text x="{x:.1f}" y="34" font-size="10" text-anchor="middle">threshold '
-            f"{_fmt_tick(scale.threshold)}</text>"
+            f'<line class="threshold" x1="{x:.1f}" y1="1" x2="{x:.1f}" y2="23" stroke="#000" '
+            'stroke-width="2"/>'
+            f'<text x="{min(max(x, 70.0), width - 70.0):.1f}" y="47" font-size="10" text-anchor="middle">'
+            "pixel threshold "
+            f"{_fmt_tick(t)}</text>"
         )
     out.append("</svg>")
     return "".join(out)
@@ -461,22 +477,23 @@ def write_report(
 
 @dataclass(frozen=True)
 class HeatmapScale:
-    """One fixed raw-value range mapped to the heat-map colours for every image of a report.
+    """One fixed raw-value range mapped linearly to the heat-map colours for every image of a report.
 
     Attributes:
         lo: Raw map value drawn with the coolest colour.
         hi: Raw map value drawn with the hottest colour.
-        threshold: Pixel threshold (drawn at the colour switch, normalised 0.5), if known.
-        source: Where the scale comes from, in words.
+        source: Where the range comes from, in words.
+        threshold: The run's calibrated pixel threshold, marked on the colour bar when known (display
+            only: ``predict`` masks the pixels at or above it).
     """
 
     lo: float
     hi: float
-    threshold: float | None = None
     source: str = ""
+    threshold: float | None = None
 
     def normalize(self, raw: np.ndarray) -> np.ndarray:
-        """Raw values to [0, 1] on this scale; piecewise linear through the threshold at 0.5 when known.
+        """Raw values to [0, 1] on this scale (clipped); a degenerate range gives zeros.
 
         Args:
             raw: Raw map values, any shape.
@@ -484,12 +501,7 @@ class HeatmapScale:
         r = np.asarray(raw, dtype=np.float32)
         if not self.hi > self.lo:
             return np.zeros_like(r)
-        t = self.threshold
-        if t is None or not self.lo < t < self.hi:
-            return np.clip((r - self.lo) / (self.hi - self.lo), 0.0, 1.0)
-        below = 0.5 * (r - self.lo) / (t - self.lo)
-        above = 0.5 + 0.5 * (r - t) / (self.hi - t)
-        return np.clip(np.where(r < t, below, above), 0.0, 1.0).astype(np.float32)
+        return np.clip((r - self.lo) / (self.hi - self.lo), 0.0, 1.0).astype(np.float32)
 
 
 @dataclass
@@ -666,6 +678,19 @@ def evaluate_section(report: EvaluateReport, assets: ReportAssets) -> str:
             "mean equal anomaly values in every image; a magenta outline marks the ground-truth defect.</p>"
         )
         parts.append(_svg_colorbar(report.scale))
+        t = report.scale.threshold
+        if t is not None:
+            where = (
+                "marked on the colour bar"
+                if report.scale.lo <= t <= report.scale.hi
+                else "above every test map value, so no test pixel would be masked"
+                if t > report.scale.hi
+                else "below every test map value"
+            )
+            parts.append(
+                f'<p class="note">The run\'s calibrated pixel threshold ({_fmt_tick(t)}; '
+                f"<code>predict</code> masks the pixels at or above it) is {where}.</p>"
+            )
         for group in report.groups:
             if not group.images:
                 continue
@@ -707,7 +732,9 @@ def write_evaluate_report(out_dir: str | os.PathLike[str], report: EvaluateRepor
     """
     assets = ReportAssets(out_dir, "eval")
     section = evaluate_section(report, assets)
-    return write_report(out_dir, title or "ssfilter evaluation report", [section])
+    path = write_report(out_dir, title or "ssfilter evaluation report", [section])
+    assets.remove_stale()
+    return path
 
 
 # -- filter -------------------------------------------------------------------------------------------
@@ -869,6 +896,33 @@ def _filter_charts(records: Sequence[Any], params: dict[str, Any], known: bool) 
             + "</span>"
         )
         charts.append(_figure(svg, "Mean A vs mean U over the filter epochs. " + legend))
+    else:
+        # One score only (uncertainty or patch scoring switched off): its histogram by decision.
+        name, values = (
+            ("mean patch comparison score A", xs)
+            if any(math.isfinite(x) for x in xs)
+            else ("mean uncertainty U", ys)
+        )
+        finite = [v for v in values if math.isfinite(v)]
+        if finite:
+            edges = np.linspace(*_padded_range(finite), 21)
+            decided = [
+                (label, [v for v, r in zip(values, records, strict=True) if math.isfinite(v) and want(r)], c)
+                for label, want, c in (
+                    ("kept", lambda r: r.decision == "normal", _KEPT_COLOUR),
+                    ("quarantined", lambda r: r.decision != "normal", _REMOVED_COLOUR),
+                )
+            ]
+            groups = [(label, np.histogram(v, edges)[0].tolist(), c) for label, v, c in decided]
+            svg = _svg_bars(
+                groups,
+                edges.tolist(),
+                title="Filter scores per image",
+                x_label=name,
+                y_label="images",
+                css_class="histogram filter-scores",
+            )
+            charts.append(_figure(svg, f"{name[0].upper()}{name[1:]} over the filter epochs, by decision."))
     seen = max((r.times_seen for r in records), default=0)
     if seen > 0:
         edges = [k - 0.5 for k in range(seen + 2)]
@@ -935,7 +989,9 @@ def write_filter_report(
     links = [(name, name) for name in (FILTER_CSV, FILTER_JSON) if (out / name).is_file()]
     assets = ReportAssets(out, "filter")
     section = filter_section(records, summary, assets, links=links, max_thumbnails=max_thumbnails)
-    return write_report(out, title or "ssfilter filter report", [section])
+    path = write_report(out, title or "ssfilter filter report", [section])
+    assets.remove_stale()
+    return path
 
 
 # -- benchmark ----------------------------------------------------------------------------------------

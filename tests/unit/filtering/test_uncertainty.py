@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ssfilter.config import ModelConfig
@@ -49,3 +50,49 @@ def test_single_pass_gives_zero_not_nan() -> None:
     maps = torch.rand(1, 2, 8, 8)
     unc = uncertainty_from_maps(maps)
     assert torch.equal(unc.uncertainty, torch.zeros(2))
+
+
+def test_auto_slices_keep_cpu_slices_cache_sized(monkeypatch) -> None:
+    import ssfilter.filtering.uncertainty as unc_mod
+
+    model = _model()
+    feats = model.encode(torch.randn(5, 3, 32, 32))
+    row = 16 * model.dim * 4  # one image-pass of the 4x4 grid
+    monkeypatch.setattr(unc_mod, "CPU_SLICE_BYTES", 100 * row)
+    assert unc_mod.auto_slices(model, feats, 10) == (5, 10), "everything fits: one pass"
+    monkeypatch.setattr(unc_mod, "CPU_SLICE_BYTES", 20 * row)
+    assert unc_mod.auto_slices(model, feats, 10) == (2, 10), "2 images x 10 passes per slice"
+    monkeypatch.setattr(unc_mod, "CPU_SLICE_BYTES", 8 * row)
+    assert unc_mod.auto_slices(model, feats, 10) == (1, 5), "one image, passes balanced 5 + 5"
+    monkeypatch.setattr(unc_mod, "CPU_SLICE_BYTES", 1)
+    assert unc_mod.auto_slices(model, feats, 10) == (1, 1)
+    assert unc_mod.auto_slices(model, feats.to("meta"), 10) == (5, 10), "off the CPU: one pass"
+
+
+@pytest.mark.parametrize("budget_rows", [8, 20])
+def test_sliced_passes_match_one_pass_without_dropout(monkeypatch, budget_rows: int) -> None:
+    import ssfilter.filtering.uncertainty as unc_mod
+
+    model = _model(dropout=0.0)
+    feats = model.encode(torch.randn(5, 3, 32, 32))
+    monkeypatch.setattr(unc_mod, "CPU_SLICE_BYTES", budget_rows * 16 * model.dim * 4)
+    sliced = mc_uncertainty(model, feats, passes=10)
+    whole = mc_uncertainty(model, feats, passes=10, chunk=None)
+    assert sliced.pass_scores.shape == (10, 5)
+    torch.testing.assert_close(sliced.acc_map, whole.acc_map, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sliced.pass_scores, whole.pass_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_slices_are_seeded_and_draw_fresh_masks(monkeypatch) -> None:
+    import ssfilter.filtering.uncertainty as unc_mod
+
+    model = _model()
+    feats = model.encode(torch.randn(3, 3, 32, 32))
+    monkeypatch.setattr(unc_mod, "CPU_SLICE_BYTES", 2 * 16 * model.dim * 4)  # slices of 2 passes
+    torch.manual_seed(1)
+    a = mc_uncertainty(model, feats, passes=6)
+    torch.manual_seed(1)
+    b = mc_uncertainty(model, feats, passes=6)
+    torch.testing.assert_close(a.acc_map, b.acc_map, rtol=0, atol=0)
+    assert a.pass_scores.shape == (6, 3)
+    assert bool((a.uncertainty > 0).all()), "every slice draws its own dropout masks"

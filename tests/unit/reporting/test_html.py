@@ -112,7 +112,7 @@ def _eval_report(metrics: dict[str, float | None] | None = None) -> EvaluateRepo
         scores=[0.1, 0.2, 0.3, 0.7, 0.8, 0.9],
         labels=[0, 0, 0, 1, 1, 1],
         groups=[ExampleGroup("Top anomalies", "highest", examples)],
-        scale=HeatmapScale(0.0, 1.0, None, "test maps"),
+        scale=HeatmapScale(0.0, 1.0, "test maps", threshold=0.4),
         context=[("run", f"/runs/{NASTY}")],
     )
 
@@ -173,13 +173,22 @@ def test_heatmaps_share_one_fixed_scale(tmp_path: Path) -> None:
     assert not np.all(second == (255, 0, 255), axis=-1).any()
 
 
-def test_heatmap_scale_threshold_maps_to_half() -> None:
-    s = HeatmapScale(1.0, 5.0, 2.0)
+def test_heatmap_scale_is_linear_and_marks_the_threshold(tmp_path: Path) -> None:
+    s = HeatmapScale(1.0, 5.0, "x")
     np.testing.assert_allclose(
-        s.normalize(np.array([0.0, 1.0, 1.5, 2.0, 3.5, 5.0, 9.0])), [0, 0, 0.25, 0.5, 0.75, 1, 1]
+        s.normalize(np.array([0.0, 1.0, 2.0, 4.0, 5.0, 9.0])), [0, 0, 0.25, 0.75, 1, 1]
     )
-    np.testing.assert_allclose(HeatmapScale(0.0, 4.0).normalize(np.array([1.0, 8.0])), [0.25, 1.0])
     assert not HeatmapScale(1.0, 1.0).normalize(np.ones(3)).any()
+    text = write_evaluate_report(tmp_path / "a", _eval_report()).read_text(encoding="utf-8")
+    assert (
+        'class="threshold"' in text
+        and "pixel threshold 0.4" in text
+        and "is marked on the colour bar" in text
+    )
+    rep = _eval_report()
+    rep.scale = HeatmapScale(0.0, 1.0, "test maps", threshold=3.0)
+    text = write_evaluate_report(tmp_path / "b", rep).read_text(encoding="utf-8")
+    assert 'class="threshold"' not in text and "no test pixel would be masked" in text
 
 
 def _records(tmp_path: Path) -> FilterRecords:
@@ -237,11 +246,25 @@ def test_filter_report_lists_exactly_the_quarantined_images(tmp_path: Path) -> N
     assert svg.count("<path") == 2  # true anomalies as diamonds
 
 
+def test_filter_report_with_one_score_shows_its_histogram(tmp_path: Path) -> None:
+    records = _records(tmp_path)
+    for r in records:
+        r.mean_uncertainty = math.nan  # uncertainty switched off
+    text = write_filter_report(tmp_path / "f", records).read_text(encoding="utf-8")
+    assert "filter-scatter" not in text
+    svg = re.findall(r'<svg[^>]*class="histogram filter-scores".*?</svg>', text, re.S)[0]
+    counts = [int(c) for c in re.findall(r"<title>(?:kept|quarantined): (\d+)</title>", svg)]
+    assert sum(counts) == len(records)
+
+
 def test_filter_report_without_labels_or_quarantine(tmp_path: Path) -> None:
     records = _records(tmp_path)
+    write_filter_report(tmp_path / "f", records)
+    assert len(list((tmp_path / "f" / ASSETS_DIR).glob("filter-*.png"))) == 2
     for r in records:
         r.label, r.decision = -1, "normal"
     text = write_filter_report(tmp_path / "f", records).read_text(encoding="utf-8")
+    assert not list((tmp_path / "f" / ASSETS_DIR).glob("filter-*.png"))  # stale thumbnails removed
     assert "quarantined no image" in text and "true labels" in text
     assert "anomalies removed" not in text
 
