@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,9 @@ from PIL import Image
 
 from ssfilter.data.images import ImageReadError, Skipped, read_image, scan_images
 from ssfilter.inference.calibration import Calibration, CalibrationError
+from ssfilter.inference.prediction import Prediction
 
-__all__ = ["OnnxPrediction", "OnnxPredictor", "decode_metadata", "preprocess", "read_onnx_metadata"]
+__all__ = ["OnnxPredictor", "decode_metadata", "preprocess", "read_onnx_metadata"]
 
 _INT_KEYS = ("crop", "resize", "eval_size", "opset", "ssfilter_export_format")
 _JSON_KEYS = ("mean", "std", "calibration", "parity")
@@ -90,33 +90,6 @@ def preprocess(image: Image.Image, resize: int, crop: int) -> np.ndarray:
     left = int(round((resize - crop) / 2.0))
     image = image.crop((left, top, left + crop, top + crop))
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
-
-
-@dataclass
-class OnnxPrediction:
-    """The result for one image (the fields of :class:`ssfilter.inference.predictor.Prediction`).
-
-    Attributes:
-        path: The image file.
-        raw_score: Model score (mean of the top 1% map values).
-        score: Normalised score in [0, 1]; 0.5 is the threshold.
-        label: ``"NG"`` when ``raw_score >= threshold``, else ``"OK"``.
-        threshold: The raw image threshold used.
-        width: Original image width.
-        height: Original image height.
-        raw_map: ``[S, S]`` raw anomaly map on the model's crop (``S`` = the run's ``eval_size``).
-        map: ``raw_map`` on the run's fixed [0, 1] scale (0.5 = pixel threshold).
-    """
-
-    path: str
-    raw_score: float
-    score: float
-    label: str
-    threshold: float
-    width: int
-    height: int
-    raw_map: np.ndarray = field(repr=False)
-    map: np.ndarray = field(repr=False)
 
 
 class OnnxPredictor:
@@ -224,7 +197,7 @@ class OnnxPredictor:
 
     def predict(
         self, inputs: Iterable[str | os.PathLike[str]], batch_size: int = 8
-    ) -> tuple[list[OnnxPrediction], list[Skipped]]:
+    ) -> tuple[list[Prediction], list[Skipped]]:
         """Predict image files and folders (searched recursively): scores, labels and maps.
 
         Args:
@@ -232,8 +205,9 @@ class OnnxPredictor:
             batch_size: Images per ONNX Runtime call.
 
         Returns:
-            ``(predictions, skipped)``: one :class:`OnnxPrediction` per readable image, and the inputs that
-            could not be read (missing or broken files), with the reason.
+            ``(predictions, skipped)``: one :class:`~ssfilter.inference.prediction.Prediction` per
+            readable image, and the inputs that could not be read (missing or broken files), with the
+            reason.
 
         Raises:
             CalibrationError: when the file carries no calibration (export it from a calibrated run).
@@ -254,7 +228,7 @@ class OnnxPredictor:
                 files.append(path)
             else:
                 skipped.append(Skipped(str(path), "file not found"))
-        results: list[OnnxPrediction] = []
+        results: list[Prediction] = []
         for start in range(0, len(files), max(1, batch_size)):
             names, sizes, arrays = [], [], []
             for path in files[start : start + batch_size]:
@@ -274,7 +248,7 @@ class OnnxPredictor:
             norm_maps = cal.normalize_maps(maps)
             for i, name in enumerate(names):
                 results.append(
-                    OnnxPrediction(
+                    Prediction(
                         path=name,
                         raw_score=float(scores[i]),
                         score=float(norm_scores[i]),

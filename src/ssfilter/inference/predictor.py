@@ -26,7 +26,7 @@ import io
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,8 @@ from ssfilter.inference.calibration import (
     calibrate_unsupervised,
     map_extrema,
 )
-from ssfilter.inference.visualize import map_to_original, mask_image, overlay_image
+from ssfilter.inference.prediction import Prediction
+from ssfilter.inference.visualize import mask_image, overlay_image
 from ssfilter.io import atomic_path, atomic_write_json, atomic_write_text
 from ssfilter.models.dinomaly import DinomalyModel
 
@@ -78,42 +79,6 @@ SKIPPED_CSV = "skipped.csv"
 RECORD_FIELDS = ("path", "raw_score", "score", "label", "threshold", "overlay", "mask", "width", "height")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _UNSAFE_NAME = re.compile(r"[^\w.-]+")
-
-
-@dataclass
-class Prediction:
-    """The result for one image.
-
-    Attributes:
-        path: The image file.
-        raw_score: Model score (mean of the top 1% map values).
-        score: Normalised score in [0, 1]; 0.5 is the threshold.
-        label: ``"NG"`` when ``raw_score >= threshold``, else ``"OK"``.
-        threshold: The raw image threshold used.
-        width: Original image width.
-        height: Original image height.
-        raw_map: ``[S, S]`` anomaly map on the model's crop (``S = data.eval_size``).
-        map: ``raw_map`` on the run's fixed [0, 1] scale (0.5 = pixel threshold).
-    """
-
-    path: str
-    raw_score: float
-    score: float
-    label: str
-    threshold: float
-    width: int
-    height: int
-    raw_map: np.ndarray = field(repr=False)
-    map: np.ndarray = field(repr=False)
-
-    def original_map(self, resize: int, crop: int) -> np.ndarray:
-        """The normalised map at the original image size (0 outside the model's crop).
-
-        Args:
-            resize: The run's ``data.resize``.
-            crop: The run's ``data.crop``.
-        """
-        return map_to_original(self.map, self.width, self.height, resize, crop)
 
 
 @dataclass
