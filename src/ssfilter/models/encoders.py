@@ -226,14 +226,14 @@ class ViTEncoder(Encoder):
         self.num_heads = num_heads
         self.stride = int(vit.patch_embed.patch_size[0])
         self.num_prefix = int(vit.num_prefix_tokens)
+        self._pos_tables: dict[tuple[object, ...], Tensor] = {}
         self.freeze()
 
     def extract(self, images: Tensor) -> EncoderFeatures:
         """Run the blocks up to the last target layer and collect raw block outputs (no final norm)."""
         vit = self.vit
         h, w = images.shape[-2] // self.stride, images.shape[-1] // self.stride
-        x = vit.patch_embed(images)
-        x = vit._pos_embed(x)
+        x = self._add_positions(vit.patch_embed(images))
         x = vit.patch_drop(x)
         x = vit.norm_pre(x)
         layers: list[Tensor] = []
@@ -242,6 +242,50 @@ class ViTEncoder(Encoder):
             if i in self.target_layers:
                 layers.append(x)
         return EncoderFeatures(layers, (h, w), self.num_prefix)
+
+    def position_table(self, grid: tuple[int, int]) -> Tensor:
+        """The position embedding resampled to ``grid``, computed once per grid and weights.
+
+        The encoder is frozen, so the resampled table is a constant of the input size. Computing it
+        once saves a bicubic resampling per forward pass and, because the export traces a cached
+        tensor, keeps timm's antialiased bicubic kernel (no ONNX operator) out of exported graphs.
+        The key includes the parameter's storage and version, so loading other weights or moving the
+        module recomputes it.
+        """
+        from timm.layers import resample_abs_pos_embed
+
+        vit = self.vit
+        pos = vit.pos_embed
+        key = (grid, pos.device, pos.dtype, pos.data_ptr(), pos._version)
+        table = self._pos_tables.get(key)
+        if table is None:
+            with torch.no_grad():
+                table = resample_abs_pos_embed(
+                    pos,
+                    new_size=list(grid),
+                    old_size=list(vit.patch_embed.grid_size),
+                    num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens,
+                ).detach()
+            self._pos_tables = {k: v for k, v in self._pos_tables.items() if k[1:] == key[1:]}
+            self._pos_tables[key] = table
+        return table
+
+    def _add_positions(self, x: Tensor) -> Tensor:
+        """Prefix tokens and positions for ``[B, H, W, C]`` patch embeddings (timm's ``_pos_embed``).
+
+        Written here rather than calling timm's method because timm resamples the table on every call
+        (see :meth:`position_table`); the token order and the two prefix conventions are timm's.
+        """
+        vit = self.vit
+        b, h, w, c = x.shape
+        pos = self.position_table((int(h), int(w)))  # plain ints: a traced export fixes the size
+        x = x.reshape(b, h * w, c)
+        prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        if vit.no_embed_class:
+            x = torch.cat([*prefix, x + pos], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + pos
+        return vit.pos_drop(x)
 
     def groups(self, feats: EncoderFeatures) -> list[Tensor]:
         """Mean of target layers 0-3 and of 4-7, patch tokens only."""

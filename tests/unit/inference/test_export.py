@@ -284,3 +284,35 @@ def test_export_friendly_blur_equals_depthwise_convolution() -> None:
     expected = torch.nn.functional.conv2d(x, weight, padding=2, groups=4)
     assert torch.equal(gaussian_blur(x), expected)
     assert torch.equal(gaussian_blur(x[:, 0]), expected[:, 0])
+
+
+def test_vit_exports_at_a_crop_other_than_its_native_size(tmp_path: Path) -> None:
+    """The ViT position table is resampled once in PyTorch, so no bicubic resize enters the graph.
+
+    DINOv2 checkpoints carry a 37x37 table (518 px) that timm resamples per call with an antialiased
+    bicubic kernel ONNX has no operator for; the tiny ViT's native 64 px at crop 48 is the same case.
+    """
+    import onnx
+
+    cfg = _tiny_config()
+    cfg.data.resize, cfg.data.crop, cfg.data.eval_size = 56, 48, 48
+    model = build_model(cfg, allow_random=True)
+    path = ex.export_onnx(model, tmp_path / "vit48.onnx", config=cfg)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Resize" in ops  # the map upsampling (bilinear) is still there ...
+    resize_modes = {
+        attr.s.decode()
+        for node in onnx.load(str(path)).graph.node
+        if node.op_type == "Resize"
+        for attr in node.attribute
+        if attr.name == "mode"
+    }
+    assert resize_modes <= {"linear"}  # ... but no cubic resampling of positions
+    meta = read_onnx_metadata(path)
+    assert meta["parity"]["ok"] and meta["crop"] == 48
+    x = np.random.default_rng(2).random((3, 3, 48, 48), dtype=np.float32)
+    scores, maps = OnnxPredictor(path, threads=1).run(x)
+    with torch.no_grad():
+        ref_maps, ref_scores = ex.InferenceGraph(model, 48)(torch.from_numpy(x))
+    assert np.abs(maps - ref_maps[:, 0].numpy()).max() < 1e-5
+    assert np.abs(scores - ref_scores.numpy()).max() < 1e-5

@@ -180,3 +180,46 @@ def test_backbone_list() -> None:
         "mobilenet_v2",
         "tiny_vit",
     }
+
+
+@pytest.mark.parametrize("no_embed_class", [True, False])
+@pytest.mark.parametrize("size", [64, 48, 80])
+def test_cached_position_table_equals_timm(no_embed_class: bool, size: int) -> None:
+    """Positions from the cached table equal timm's own per-call resampling, at native and other sizes."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from ssfilter.models.encoders import ViTEncoder
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(
+        img_size=64,
+        patch_size=8,
+        embed_dim=24,
+        depth=8,
+        num_heads=2,
+        num_classes=0,
+        reg_tokens=2,
+        dynamic_img_size=True,
+        no_embed_class=no_embed_class,
+    )
+    enc = ViTEncoder("test_vit", vit, tuple(range(8)), 2)
+    x = torch.randn(2, 3, size, size)
+    patches = vit.patch_embed(x)
+    torch.testing.assert_close(enc._add_positions(patches), vit._pos_embed(patches), rtol=0, atol=0)
+    assert ((size // 8, size // 8),) == tuple({k[0] for k in enc._pos_tables})
+
+
+def test_position_table_follows_new_weights() -> None:
+    """Loading other weights (or moving the module) must not reuse a table of the old position embedding."""
+    enc = build_encoder("tiny_vit", allow_random=True)
+    x = torch.randn(1, 3, 48, 48)
+    before = enc(x).layers[0].clone()
+    state = {k: v.clone() for k, v in enc.vit.state_dict().items()}
+    state["pos_embed"] = state["pos_embed"] + 1.0
+    enc.vit.load_state_dict(state)
+    after = enc(x).layers[0]
+    assert not torch.allclose(before, after)
+    fresh = build_encoder("tiny_vit", allow_random=True)
+    fresh.vit.load_state_dict(state)
+    torch.testing.assert_close(after, fresh(x).layers[0], rtol=0, atol=0)
+    assert len(enc._pos_tables) == 1, "tables of replaced weights are dropped"
