@@ -105,22 +105,32 @@ def bad_images_dir(tmp_path: Path) -> Path:
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
-@pytest.fixture
-def tiny_config():
-    """A config for the tiny random ViT at 64 px: trains a few iterations in about a second."""
-    from ssfilter.config import get_preset
+@pytest.fixture(scope="session")
+def make_tiny_config():
+    """Factory of fresh tiny configs, for fixtures with a wider scope than ``tiny_config``."""
 
-    cfg = get_preset("cpu-fast")
-    cfg.preset = "tiny-test"
-    cfg.data.resize, cfg.data.crop, cfg.data.batch_size, cfg.data.eval_size = 64, 64, 4, 64
-    cfg.model.backbone = "tiny_vit"
-    cfg.model.decoder_dim = None
-    cfg.model.decoder_heads = None
-    cfg.train.iters = 6
-    cfg.train.warmup_iters = 2
-    cfg.train.hard_mining_ramp = 6
-    cfg.train.checkpoint_every = 2
-    cfg.train.device = "cpu"
-    cfg.filter.cold_start_iters = 3
-    cfg.filter.mc_passes = 3
-    return cfg
+    def make():
+        from ssfilter.config import get_preset
+
+        cfg = get_preset("cpu-fast")
+        cfg.preset = "tiny-test"
+        cfg.data.resize, cfg.data.crop, cfg.data.batch_size, cfg.data.eval_size = 64, 64, 4, 64
+        cfg.model.backbone = "tiny_vit"
+        cfg.model.decoder_dim = None
+        cfg.model.decoder_heads = None
+        cfg.train.iters = 6
+        cfg.train.warmup_iters = 2
+        cfg.train.hard_mining_ramp = 6
+        cfg.train.checkpoint_every = 2
+        cfg.train.device = "cpu"
+        cfg.filter.cold_start_iters = 3
+        cfg.filter.mc_passes = 3
+        return cfg
+
+    return make
+
+
+@pytest.fixture
+def tiny_config(make_tiny_config):
+    """A config for the tiny random ViT at 64 px: trains a few iterations in about a second."""
+    return make_tiny_config()

@@ -169,6 +169,22 @@ class _Series:
     markers: Sequence[str] | None = None  # "circle" or "diamond" per point
 
 
+def _svg_frame(
+    css_class: str, title: str, width: int, height: int, plot: tuple[float, float, float, float]
+) -> list[str]:
+    """Opening SVG elements of a chart: root, title, background, heading and plot frame ``(x, y, w, h)``."""
+    left, top, pw, ph = plot
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="{_e(css_class)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}">',
+        f"<title>{_e(title)}</title>",
+        f'<rect width="{width}" height="{height}" fill="#fff"/>',
+        f'<text x="{width / 2:.1f}" y="18" text-anchor="middle" font-size="13" font-weight="600">'
+        f"{_e(title)}</text>",
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#a0aec0"/>',
+    ]
+
+
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     """About ``n`` round tick values (multiples of 1, 2 or 5 times a power of ten) within ``[lo, hi]``."""
     if not hi > lo:
@@ -232,15 +248,7 @@ def _svg_chart(
     def py(y: float) -> float:
         return top + ph - (y - y0) * sy
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="{_e(css_class)}" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}">',
-        f"<title>{_e(title)}</title>",
-        f'<rect width="{width}" height="{height}" fill="#fff"/>',
-        f'<text x="{width / 2:.1f}" y="18" text-anchor="middle" font-size="13" font-weight="600">'
-        f"{_e(title)}</text>",
-        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#a0aec0"/>',
-    ]
+    out = _svg_frame(css_class, title, width, height, (left, top, pw, ph))
     for t in _ticks(x0, x1):
         out.append(
             f'<line x1="{px(t):.1f}" y1="{top + ph}" x2="{px(t):.1f}" y2="{top + ph + 4}" stroke="#4a5568"/>'
@@ -334,15 +342,7 @@ def _svg_bars(
     def px(x: float) -> float:
         return left + (x - x0) / (x1 - x0) * pw if x1 > x0 else left
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="{_e(css_class)}" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}">',
-        f"<title>{_e(title)}</title>",
-        f'<rect width="{width}" height="{height}" fill="#fff"/>',
-        f'<text x="{width / 2:.1f}" y="18" text-anchor="middle" font-size="13" font-weight="600">'
-        f"{_e(title)}</text>",
-        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#a0aec0"/>',
-    ]
+    out = _svg_frame(css_class, title, width, height, (left, top, pw, ph))
     for b in range(nb):
         base = 0.0
         for name, counts, colour in groups:

@@ -30,29 +30,21 @@ from ssfilter.training.checkpoint import build_model  # noqa: E402
 SRC = Path(__file__).resolve().parents[3] / "src"
 
 
-def _tiny_config() -> Config:
-    """The shared ``tiny_config`` fixture's settings (module-scoped fixtures cannot request it)."""
-    cfg = get_preset("cpu-fast")
-    cfg.preset = "tiny-test"
-    cfg.data.resize, cfg.data.crop, cfg.data.batch_size, cfg.data.eval_size = 64, 64, 4, 64
-    cfg.model.backbone = "tiny_vit"
-    cfg.model.decoder_dim = None
-    cfg.model.decoder_heads = None
-    cfg.train.iters = 6
-    cfg.train.warmup_iters = 2
-    cfg.train.hard_mining_ramp = 6
-    cfg.train.checkpoint_every = 6
-    cfg.train.device = "cpu"
+def _dinomaly(cfg: Config) -> Config:
+    """The shared tiny config as a plain Dinomaly run, checkpointed only at its end."""
     cfg.train.method = "dinomaly"
+    cfg.train.checkpoint_every = cfg.train.iters
     return cfg
 
 
 @pytest.fixture(scope="module")
-def exported(synthetic_mvtec: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def exported(
+    synthetic_mvtec: Path, tmp_path_factory: pytest.TempPathFactory, make_tiny_config
+) -> tuple[Path, Path]:
     """A tiny trained, calibrated run and its ONNX export (through ``Detector.export``)."""
     base = tmp_path_factory.mktemp("export")
     run = base / "run"
-    det = Detector(_tiny_config()).fit(synthetic_mvtec, run, progress=False)
+    det = Detector(_dinomaly(make_tiny_config())).fit(synthetic_mvtec, run, progress=False)
     assert (run / CALIBRATION_FILE).is_file()
     path = det.export(base / "model.onnx")
     return run, path
@@ -286,7 +278,7 @@ def test_export_friendly_blur_equals_depthwise_convolution() -> None:
     assert torch.equal(gaussian_blur(x[:, 0]), expected[:, 0])
 
 
-def test_vit_exports_at_a_crop_other_than_its_native_size(tmp_path: Path) -> None:
+def test_vit_exports_at_a_crop_other_than_its_native_size(tmp_path: Path, tiny_config: Config) -> None:
     """The ViT position table is resampled once in PyTorch, so no bicubic resize enters the graph.
 
     DINOv2 checkpoints carry a 37x37 table (518 px) that timm resamples per call with an antialiased
@@ -294,7 +286,7 @@ def test_vit_exports_at_a_crop_other_than_its_native_size(tmp_path: Path) -> Non
     """
     import onnx
 
-    cfg = _tiny_config()
+    cfg = tiny_config
     cfg.data.resize, cfg.data.crop, cfg.data.eval_size = 56, 48, 48
     model = build_model(cfg, allow_random=True)
     path = ex.export_onnx(model, tmp_path / "vit48.onnx", config=cfg)
