@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -56,6 +57,17 @@ def _add_config_options(p: argparse.ArgumentParser, *, train: bool) -> None:
         g.add_argument("--device", default=None, help="auto (default), cpu or cuda")
 
 
+def _non_negative_int(text: str) -> int:
+    """Argparse type of a count that may be 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ssfilter`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -64,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ssfilter {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="decompression-bomb limit per image in pixels (default: Pillow's, about 89 Mpx; 0: no limit); "
+        "raise it for trusted very large images such as line-scan captures",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model on a folder of (mostly good) images")
@@ -432,7 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    from ssfilter.data.images import ImageReadError
+    from ssfilter.data.images import PIXEL_LIMIT_ENV, ImageReadError
+
+    if args.max_image_pixels is not None:  # through the environment, so workers and ranks see it too
+        os.environ[PIXEL_LIMIT_ENV] = str(args.max_image_pixels)
     from ssfilter.models.encoders import WeightsUnavailableError
     from ssfilter.training.checkpoint import RunFormatError
     from ssfilter.training.trainer import DeviceUnavailableError

@@ -41,11 +41,13 @@ from PIL import Image, ImageOps
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MIN_RECOMMENDED_SIDE",
+    "PIXEL_LIMIT_ENV",
     "ImageReadError",
     "Skipped",
     "read_image",
     "read_mask",
     "scan_images",
+    "pixel_limit",
     "validate_images",
     "write_skipped_csv",
 ]
@@ -55,6 +57,12 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", "
 
 MIN_RECOMMENDED_SIDE = 32
 """Images with a side below this many pixels are accepted but trigger a warning in :func:`validate_images`."""
+
+PIXEL_LIMIT_ENV = "SSFILTER_MAX_IMAGE_PIXELS"
+"""Environment variable that sets the decompression-bomb limit in pixels (``0``: no limit).
+
+The CLI's ``--max-image-pixels`` sets it, so DataLoader workers and ``torchrun`` ranks inherit it. When it
+is unset, Pillow's own ``PIL.Image.MAX_IMAGE_PIXELS`` applies (about 89 Mpx, or what the caller set)."""
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16LS", "I;16BS"})
 
@@ -127,14 +135,21 @@ def _open_fully(path: Path) -> Image.Image:
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(fh)
+            previous = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = pixel_limit()
+            try:
+                image = Image.open(fh)  # the only place Pillow checks the limit
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
         # Decode now: truncated or corrupt pixel data must fail here, not in a DataLoader worker.
         image.load()
         return _exif_transposed(image, path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError(
             path,
-            f"decompression-bomb guard: {exc} If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS",
+            f"decompression-bomb guard: {exc} If the file is trusted, raise the limit: "
+            f"ssfilter --max-image-pixels N (0: none), the {PIXEL_LIMIT_ENV} environment variable, or "
+            "PIL.Image.MAX_IMAGE_PIXELS from Python",
         ) from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageReadError(path, "not a recognised image format (corrupt file or not an image)") from exc
@@ -205,6 +220,24 @@ def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
         return image.convert("RGB")
     except (ValueError, OSError) as exc:
         raise ImageReadError(path, f"unsupported pixel mode {mode!r} ({_describe(exc)})") from exc
+
+
+def pixel_limit() -> int | None:
+    """The decompression-bomb limit in pixels that :func:`read_image` applies (``None``: no limit).
+
+    Raises:
+        ValueError: when :data:`PIXEL_LIMIT_ENV` is set to something other than a non-negative integer.
+    """
+    raw = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if not raw:
+        return Image.MAX_IMAGE_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{PIXEL_LIMIT_ENV} must be a non-negative integer (0: no limit), got {raw!r}")
+    return value or None
 
 
 def read_image(path: str | os.PathLike[str]) -> Image.Image:

@@ -350,3 +350,47 @@ def test_unreadable_exif_keeps_stored_orientation(
     with pytest.warns(UserWarning, match="EXIF orientation could not be applied"):
         image = read_image(bad_images_dir / "exif_rotated.jpg")
     assert image.size == (40, 20) and image.mode == "RGB"
+
+
+def test_pixel_limit_from_the_environment(bad_images_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SSFILTER_MAX_IMAGE_PIXELS`` overrides Pillow's limit for ssfilter's reads only, both ways."""
+    from ssfilter.data.images import PIXEL_LIMIT_ENV, pixel_limit
+
+    good = bad_images_dir / "good.png"  # 48 x 40 = 1920 px
+    monkeypatch.setenv(PIXEL_LIMIT_ENV, "500")
+    with pytest.raises(ImageReadError, match="decompression-bomb") as info:
+        read_image(good)
+    assert "--max-image-pixels" in info.value.reason
+    assert Image.MAX_IMAGE_PIXELS != 500, "Pillow's global limit is restored after the read"
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    monkeypatch.setenv(PIXEL_LIMIT_ENV, "0")  # no limit
+    assert pixel_limit() is None
+    assert read_image(good).size == (48, 40)
+    monkeypatch.setenv(PIXEL_LIMIT_ENV, "5000")
+    assert pixel_limit() == 5000 and read_image(good).size == (48, 40)
+    assert Image.MAX_IMAGE_PIXELS == 500
+
+    monkeypatch.delenv(PIXEL_LIMIT_ENV)
+    assert pixel_limit() == 500  # unset: Pillow's (caller's) own setting
+    for bad in ("-1", "lots"):
+        monkeypatch.setenv(PIXEL_LIMIT_ENV, bad)
+        with pytest.raises(ValueError, match=PIXEL_LIMIT_ENV):
+            pixel_limit()
+
+
+def test_cli_max_image_pixels_reaches_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ssfilter --max-image-pixels N CMD`` exports the limit before the command runs (for workers)."""
+    import os
+
+    from ssfilter import cli
+    from ssfilter.data.images import PIXEL_LIMIT_ENV
+
+    seen: list[str | None] = []
+    monkeypatch.delenv(PIXEL_LIMIT_ENV, raising=False)
+    monkeypatch.setitem(cli._COMMANDS, "info", lambda args: seen.append(os.environ.get(PIXEL_LIMIT_ENV)) or 0)
+    assert cli.main(["--max-image-pixels", "250000000", "info"]) == 0
+    assert seen == ["250000000"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--max-image-pixels", "-3", "info"])
+    assert exit_info.value.code == 2
