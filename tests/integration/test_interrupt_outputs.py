@@ -143,6 +143,7 @@ def test_interrupted_export_leaves_no_clean_folder_and_rerun_completes(
         assert leftovers and all(name.endswith(".partial") for name in leftovers)  # marked incomplete
 
     assert main(argv) == 0  # running the same command again completes the export
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".clean.")]  # the killed one's removed
     with (out / "filter.csv").open(encoding="utf-8", newline="") as fh:
         kept = {r["path"] for r in csv.DictReader(fh) if r["decision"] == "normal"}
     with (clean / "manifest.csv").open(encoding="utf-8", newline="") as fh:

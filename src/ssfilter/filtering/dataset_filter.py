@@ -32,11 +32,14 @@ Choices where the paper is silent (this module's contract):
 from __future__ import annotations
 
 import csv
+import glob
+import logging
 import math
 import os
 import re
 import secrets
 import shutil
+import socket
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +58,8 @@ from ssfilter.io import atomic_write_json, atomic_writer
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.training import distributed
 from ssfilter.training.trainer import _BatchCache, _seed_torch
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CSV_FIELDS",
@@ -540,10 +545,52 @@ def export_clean(
     return out
 
 
+def _staging_prefix(out: Path) -> str:
+    """Name prefix of this process's staging folders for ``out``: ``.NAME.HOST.PID.``."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+    return f".{out.name}.{host}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (unknown counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but belongs to someone else, or cannot tell: keep its folder
+    return True
+
+
+def _remove_orphaned_staging(out: Path) -> list[Path]:
+    """Delete staging folders for ``out`` left by a killed export of this machine; returns them.
+
+    Only folders named by this module for the same destination, on the same host, whose process is gone
+    are removed: a concurrent export (live process) or one on another machine sharing the file system
+    is left alone.
+    """
+    host_prefix = _staging_prefix(out).rsplit(".", 2)[0] + "."  # ".NAME.HOST."
+    removed = []
+    for entry in out.parent.glob(f"{glob.escape(host_prefix)}*.partial"):
+        pid_text = entry.name[len(host_prefix) :].split(".", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def _make_staging(out: Path) -> Path:
-    """A new hidden folder beside ``out`` (normal permissions, unlike ``tempfile.mkdtemp``)."""
+    """A new hidden folder beside ``out`` (normal permissions, unlike ``tempfile.mkdtemp``).
+
+    Its name carries host and process id, so a later export to the same destination can remove the
+    folder if this process is killed before it finishes.
+    """
+    for orphan in _remove_orphaned_staging(out):
+        log.info("removed '%s', left by an export that was killed", orphan)
     while True:
-        candidate = out.parent / f".{out.name}.{secrets.token_hex(4)}.partial"
+        candidate = out.parent / f"{_staging_prefix(out)}{secrets.token_hex(4)}.partial"
         try:
             candidate.mkdir()
         except FileExistsError:

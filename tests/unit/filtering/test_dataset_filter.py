@@ -320,3 +320,32 @@ def test_export_names_are_traversal_safe(tmp_path: Path) -> None:
         name = _export_name(raw, "/a/b")
         assert name and "/" not in name and "\\" not in name and not name.startswith(".")
         assert (good / name).resolve().parent == good.resolve()
+
+
+def test_export_removes_staging_folders_of_killed_exports_only(tmp_path: Path, source: Path) -> None:
+    """A staging folder whose process is gone is removed; a live process's or another host's is kept."""
+    import subprocess
+    import sys
+
+    from ssfilter.filtering.dataset_filter import _staging_prefix
+
+    dest = tmp_path / "clean"
+    mine = _staging_prefix(dest)  # ".clean.HOST.PID."
+    host_prefix = mine.rsplit(".", 2)[0] + "."
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(gone.stdout)
+    orphan = tmp_path / f"{host_prefix}{dead_pid}.ab12cd34.partial"
+    live = tmp_path / f"{host_prefix}{os.getppid()}.ef56ab78.partial"  # the test runner's parent is alive
+    other_host = tmp_path / f".clean.some-other-host.{dead_pid}.0011aabb.partial"
+    other_dest = tmp_path / f".cleaner.{host_prefix.split('.', 2)[2]}{dead_pid}.2233ccdd.partial"
+    for folder in (orphan, live, other_host, other_dest):
+        (folder / "train" / "good").mkdir(parents=True)
+        (folder / "train" / "good" / "x.png").write_bytes(b"partial")
+
+    export_clean(_records_for(source), dest, source_root=source, mode="copy")
+    assert not orphan.exists()
+    assert live.is_dir() and other_host.is_dir() and other_dest.is_dir()
+    assert (dest / "manifest.csv").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(mine)]  # its own staging renamed
