@@ -44,10 +44,10 @@ __all__ = [
     "PIXEL_LIMIT_ENV",
     "ImageReadError",
     "Skipped",
+    "pixel_limit",
     "read_image",
     "read_mask",
     "scan_images",
-    "pixel_limit",
     "validate_images",
     "write_skipped_csv",
 ]
@@ -113,7 +113,12 @@ def _describe(exc: BaseException) -> str:
 
 
 def _open_fully(path: Path) -> Image.Image:
-    """Open and fully decode ``path``; apply EXIF orientation. Raises only :class:`ImageReadError`."""
+    """Open and fully decode ``path``; apply EXIF orientation.
+
+    Raises :class:`ImageReadError` for anything wrong with the file, and ``ValueError`` for a malformed
+    :data:`PIXEL_LIMIT_ENV` (a setting, not a file problem: it must stop the command, not skip images).
+    """
+    limit = pixel_limit()
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -136,7 +141,7 @@ def _open_fully(path: Path) -> Image.Image:
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             previous = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = pixel_limit()
+            Image.MAX_IMAGE_PIXELS = limit
             try:
                 image = Image.open(fh)  # the only place Pillow checks the limit
             finally:
@@ -253,7 +258,8 @@ def read_image(path: str | os.PathLike[str]) -> Image.Image:
 
     Raises:
         ImageReadError: For missing, empty, truncated, corrupt, oversized or non-image files — never any other
-            exception type.
+            exception type for a problem with the file.
+        ValueError: When :data:`PIXEL_LIMIT_ENV` is malformed (a setting, so the command stops).
     """
     file = Path(path)
     return _to_rgb(_open_fully(file), file)

@@ -377,6 +377,8 @@ def test_pixel_limit_from_the_environment(bad_images_dir: Path, monkeypatch: pyt
         monkeypatch.setenv(PIXEL_LIMIT_ENV, bad)
         with pytest.raises(ValueError, match=PIXEL_LIMIT_ENV):
             pixel_limit()
+        with pytest.raises(ValueError, match=PIXEL_LIMIT_ENV):  # stops the command, never skips the file
+            read_image(good)
 
 
 def test_cli_max_image_pixels_reaches_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
