@@ -546,9 +546,9 @@ def export_clean(
 
 
 def _staging_prefix(out: Path) -> str:
-    """Name prefix of this process's staging folders for ``out``: ``.NAME.HOST.PID.``."""
+    """Name prefix of this host's staging folders for ``out``: ``.NAME.HOST.`` (then ``PID.RAND.partial``)."""
     host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
-    return f".{out.name}.{host}.{os.getpid()}."
+    return f".{out.name}.{host}."
 
 
 def _pid_alive(pid: int) -> bool:
@@ -569,10 +569,10 @@ def _remove_orphaned_staging(out: Path) -> list[Path]:
     are removed: a concurrent export (live process) or one on another machine sharing the file system
     is left alone.
     """
-    host_prefix = _staging_prefix(out).rsplit(".", 2)[0] + "."  # ".NAME.HOST."
+    prefix = _staging_prefix(out)
     removed = []
-    for entry in out.parent.glob(f"{glob.escape(host_prefix)}*.partial"):
-        pid_text = entry.name[len(host_prefix) :].split(".", 1)[0]
+    for entry in out.parent.glob(f"{glob.escape(prefix)}*.partial"):
+        pid_text = entry.name[len(prefix) :].split(".", 1)[0]
         if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
             continue
         if entry.is_dir() and not entry.is_symlink():
@@ -590,7 +590,7 @@ def _make_staging(out: Path) -> Path:
     for orphan in _remove_orphaned_staging(out):
         log.info("removed '%s', left by an export that was killed", orphan)
     while True:
-        candidate = out.parent / f"{_staging_prefix(out)}{secrets.token_hex(4)}.partial"
+        candidate = out.parent / f"{_staging_prefix(out)}{os.getpid()}.{secrets.token_hex(4)}.partial"
         try:
             candidate.mkdir()
         except FileExistsError:

@@ -330,8 +330,7 @@ def test_export_removes_staging_folders_of_killed_exports_only(tmp_path: Path, s
     from ssfilter.filtering.dataset_filter import _staging_prefix
 
     dest = tmp_path / "clean"
-    mine = _staging_prefix(dest)  # ".clean.HOST.PID."
-    host_prefix = mine.rsplit(".", 2)[0] + "."
+    host_prefix = _staging_prefix(dest)  # ".clean.HOST."
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
@@ -348,4 +347,4 @@ def test_export_removes_staging_folders_of_killed_exports_only(tmp_path: Path, s
     assert not orphan.exists()
     assert live.is_dir() and other_host.is_dir() and other_dest.is_dir()
     assert (dest / "manifest.csv").is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(mine)]  # its own staging renamed
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(f"{host_prefix}{os.getpid()}.")]  # renamed
