@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ssfilter.cli import main
-from ssfilter.config import get_preset, save_config
+from ssfilter.config import save_config
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
 
@@ -58,16 +58,12 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_mvtec: Path) -> dict[str, Path]:
-    """A tiny SSFilter run on a private copy of the synthetic category (conftest ``tiny_config`` settings)."""
-    cfg = get_preset("cpu-fast")
-    cfg.preset = "tiny-test"
-    cfg.data.resize, cfg.data.crop, cfg.data.batch_size, cfg.data.eval_size = 64, 64, 4, 64
-    cfg.model.backbone = "tiny_vit"
-    cfg.model.decoder_dim = cfg.model.decoder_heads = None
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_mvtec: Path, make_tiny_config
+) -> dict[str, Path]:
+    """A tiny SSFilter run on a private copy of the synthetic category (conftest's tiny config)."""
+    cfg = make_tiny_config()
     cfg.train.iters, cfg.train.warmup_iters, cfg.train.hard_mining_ramp = 2, 1, 2
-    cfg.train.checkpoint_every = 2
-    cfg.train.device = "cpu"
     cfg.train.method = "ssfilter"
     cfg.filter.cold_start_iters, cfg.filter.mc_passes = 1, 2
     cfg.calibration.after_training = False

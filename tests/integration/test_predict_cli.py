@@ -11,7 +11,7 @@ from PIL import Image
 
 from ssfilter.api import Detector
 from ssfilter.cli import main
-from ssfilter.config import get_preset, save_config
+from ssfilter.config import save_config
 from ssfilter.data.datasets import discover
 from ssfilter.inference.calibration import CALIBRATION_FILE, Calibration
 from ssfilter.inference.predictor import RECORD_FIELDS, Predictor
@@ -19,16 +19,10 @@ from ssfilter.inference.visualize import crop_box
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, synthetic_mvtec: Path) -> Path:
-    """A tiny dinomaly run trained once for the module (same settings as conftest's ``tiny_config``)."""
-    cfg = get_preset("cpu-fast")
-    cfg.preset = "tiny-test"
-    cfg.data.resize, cfg.data.crop, cfg.data.batch_size, cfg.data.eval_size = 64, 64, 4, 64
-    cfg.model.backbone = "tiny_vit"
-    cfg.model.decoder_dim = cfg.model.decoder_heads = None
-    cfg.train.iters, cfg.train.warmup_iters, cfg.train.hard_mining_ramp = 6, 2, 6
+def run(tmp_path_factory: pytest.TempPathFactory, synthetic_mvtec: Path, make_tiny_config) -> Path:
+    """A tiny dinomaly run trained once for the module (conftest's tiny config)."""
+    cfg = make_tiny_config()
     cfg.train.checkpoint_every = 6
-    cfg.train.device = "cpu"
     cfg.train.method = "dinomaly"
     root = tmp_path_factory.mktemp("predict")
     save_config(cfg, root / "tiny.yaml")
