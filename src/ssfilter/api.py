@@ -25,6 +25,7 @@ import torch
 from ssfilter.config import Config, apply_overrides, get_preset, load_config
 from ssfilter.data.datasets import Sample, discover, is_mvtec_layout
 from ssfilter.data.images import ImageReadError, Skipped, read_mask, validate_images, write_skipped_csv
+from ssfilter.errors import RunExistsError
 from ssfilter.io import atomic_write_json
 from ssfilter.training.checkpoint import MODEL_FILE, STATE_FILE, build_model, load_run
 from ssfilter.training.distributed import is_main_process
@@ -38,17 +39,12 @@ if TYPE_CHECKING:
 __all__ = [
     "SKIPPED_FILE",
     "Detector",
-    "RunExistsError",
     "model_info",
     "prepare_training_samples",
     "validate_samples",
 ]
 
 log = logging.getLogger(__name__)
-
-
-class RunExistsError(FileExistsError):
-    """Raised instead of overwriting a finished run folder."""
 
 
 def _resolve_config(config: Config | str | Path | None) -> Config:

@@ -452,13 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    from ssfilter.data.images import PIXEL_LIMIT_ENV, ImageReadError
+    from ssfilter.data.images import PIXEL_LIMIT_ENV
+    from ssfilter.errors import SSFilterError
 
     if args.max_image_pixels is not None:  # through the environment, so workers and ranks see it too
         os.environ[PIXEL_LIMIT_ENV] = str(args.max_image_pixels)
-    from ssfilter.models.encoders import WeightsUnavailableError
-    from ssfilter.training.checkpoint import RunFormatError
-    from ssfilter.training.trainer import DeviceUnavailableError
 
     done = False
     try:
@@ -468,18 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(_INTERRUPTED.get(args.command, "interrupted; no output was half-written"), file=sys.stderr)
         return 130
-    except (
-        WeightsUnavailableError,
-        RunFormatError,
-        DeviceUnavailableError,
-        ImageReadError,  # a file that became unreadable after validation: the message names it and the fix
-        FileNotFoundError,
-        NotADirectoryError,
-        ValueError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except FileExistsError as err:
+    # SSFilterError: every refusal of ssfilter's own (bad weights, run folder, device, an image that
+    # became unreadable after validation, ...); the built-in ones come from argument checks.
+    except (SSFilterError, FileNotFoundError, NotADirectoryError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

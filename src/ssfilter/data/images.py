@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ssfilter.errors import SSFilterError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MIN_RECOMMENDED_SIDE",
@@ -72,7 +74,7 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;1
 _OPEN_LOCK = threading.Lock()
 
 
-class ImageReadError(Exception):
+class ImageReadError(SSFilterError):
     """A file could not be decoded as an image.
 
     Attributes:

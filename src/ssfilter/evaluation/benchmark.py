@@ -91,7 +91,7 @@ def run_benchmark(
     if (out / "results.json").exists():
         existing.insert(0, "results.json")
     if existing and not (resume or overwrite):
-        from ssfilter.api import RunExistsError
+        from ssfilter.errors import RunExistsError
 
         raise RunExistsError(
             f"{out} already holds a benchmark ({', '.join(existing[:4])}); pass --resume to continue it or "

@@ -55,6 +55,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ssfilter.errors import CalibrationError
 from ssfilter.io import atomic_write_json
 
 __all__ = [
@@ -64,7 +65,6 @@ __all__ = [
     "DEFAULT_PIXEL_K",
     "MAD_TO_SIGMA",
     "Calibration",
-    "CalibrationError",
     "calibrate_from_labels",
     "calibrate_unsupervised",
     "map_extrema",
@@ -84,10 +84,6 @@ DEFAULT_PIXEL_K = 4.0
 Label = Literal["OK", "NG"]
 _BELOW_HALF64 = float(np.nextafter(np.float64(0.5), np.float64(0.0)))
 _BELOW_HALF32 = np.nextafter(np.float32(0.5), np.float32(0.0))
-
-
-class CalibrationError(ValueError):
-    """A calibration cannot be computed, or a ``calibration.json`` is missing, malformed or too new."""
 
 
 @dataclass

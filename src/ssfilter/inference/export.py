@@ -47,6 +47,7 @@ import ssfilter
 from ssfilter.config import Config
 from ssfilter.data.images import ImageReadError, read_image, scan_images
 from ssfilter.data.transforms import build_image_transform
+from ssfilter.errors import SSFilterError
 from ssfilter.inference.onnx_predictor import read_onnx_metadata
 from ssfilter.io import atomic_path
 from ssfilter.models.anomaly_map import evaluation_maps
@@ -84,7 +85,7 @@ _MAX_CHECK_IMAGES = 4
 _N_RANDOM = 2
 
 
-class ExportParityError(RuntimeError):
+class ExportParityError(SSFilterError, RuntimeError):
     """The exported graph does not reproduce PyTorch within the tolerances; nothing was written.
 
     Attributes:

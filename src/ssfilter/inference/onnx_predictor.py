@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 from ssfilter.data.images import ImageReadError, Skipped, read_image, scan_images
-from ssfilter.inference.calibration import Calibration, CalibrationError
+from ssfilter.errors import CalibrationError
+from ssfilter.inference.calibration import Calibration
 from ssfilter.inference.prediction import Prediction
 
 __all__ = ["OnnxPredictor", "decode_metadata", "preprocess", "read_onnx_metadata"]

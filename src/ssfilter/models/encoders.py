@@ -17,22 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssfilter.errors import WeightsUnavailableError
+
 __all__ = [
     "BACKBONES",
     "CNNEncoder",
     "Encoder",
     "EncoderFeatures",
     "ViTEncoder",
-    "WeightsUnavailableError",
     "build_encoder",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Raised when pretrained weights are needed but cannot be found or downloaded."""
 
 
 @dataclass

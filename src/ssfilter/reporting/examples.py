@@ -40,7 +40,8 @@ def heatmap_scale(result: EvaluationResult, run_dir: str | os.PathLike[str] | No
     """
     threshold = None
     if run_dir is not None and (Path(run_dir) / "calibration.json").is_file():
-        from ssfilter.inference.calibration import Calibration, CalibrationError
+        from ssfilter.errors import CalibrationError
+        from ssfilter.inference.calibration import Calibration
 
         try:
             threshold = Calibration.load(run_dir).pixel_threshold

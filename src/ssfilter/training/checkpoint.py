@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 import ssfilter
 from ssfilter.config import Config, load_config, save_config
+from ssfilter.errors import RunFormatError
 from ssfilter.io import atomic_path
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.encoders import build_encoder
@@ -33,7 +34,6 @@ __all__ = [
     "LOG_FILE",
     "MODEL_FILE",
     "STATE_FILE",
-    "RunFormatError",
     "build_model",
     "load_model",
     "load_run",
@@ -49,10 +49,6 @@ STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.csv"
 #: On-disk run format; a run written by an incompatible ssfilter gives a clear error.
 RUN_FORMAT = 1
-
-
-class RunFormatError(RuntimeError):
-    """Raised when a run folder is missing, incomplete or from an incompatible version."""
 
 
 def build_model(cfg: Config, *, allow_random: bool = False) -> DinomalyModel:

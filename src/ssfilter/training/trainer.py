@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, Sample
 from ssfilter.data.transforms import build_image_transform
+from ssfilter.errors import DeviceUnavailableError, RunFormatError
 from ssfilter.filtering.batch_filter import BatchFilter
 from ssfilter.io import atomic_writer
 from ssfilter.models.dinomaly import DinomalyModel
@@ -64,7 +65,6 @@ from ssfilter.training.checkpoint import (
     LOG_FILE,
     MODEL_FILE,
     STATE_FILE,
-    RunFormatError,
     build_model,
     load_train_state,
     save_model,
@@ -107,10 +107,6 @@ _TAG_ITERATION = 1
 _TAG_DROPOUT = 2
 _TAG_SYNTHETIC_DROPOUT = 3
 _TAG_SYNTHESIS = 4
-
-
-class DeviceUnavailableError(RuntimeError):
-    """The requested device does not exist on this machine."""
 
 
 def resolve_device(name: str) -> torch.device:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssfilter.errors import CalibrationError
 from ssfilter.inference.calibration import (
     CALIBRATION_FILE,
     MAD_TO_SIGMA,
     Calibration,
-    CalibrationError,
     calibrate_from_labels,
     calibrate_unsupervised,
     map_extrema,

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ssfilter.models.encoders import BACKBONES, WeightsUnavailableError, build_encoder
+from ssfilter.errors import WeightsUnavailableError
+from ssfilter.models.encoders import BACKBONES, build_encoder
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 MOBILENET = SHARED / "weights" / "mobilenet_v2_imagenet.safetensors"

@@ -86,7 +86,7 @@ def test_resume_gives_identical_weights(tmp_path: Path, synthetic_mvtec: Path, t
 def test_resume_with_a_changed_model_is_a_run_format_error(
     tmp_path: Path, synthetic_mvtec: Path, tiny_config
 ) -> None:
-    from ssfilter.training.checkpoint import RunFormatError
+    from ssfilter.errors import RunFormatError
 
     samples = discover(synthetic_mvtec, "train")
     tiny_config.train.iters = 4
