@@ -153,8 +153,8 @@ def _warm_up(model: DinomalyModel, cfg: Config, ctx: Context) -> None:
     crop, b = cfg.data.crop, cfg.data.batch_size
     images = torch.randn(b, 3, crop, crop, generator=torch.Generator().manual_seed(0)).to(ctx.device)
     with torch.no_grad():
-        batch_filter_module.BatchFilter(cfg.filter, 1).select(
-            cfg.filter.cold_start_iters, model, model.encode(images)
+        batch_filter_module.BatchFilter(cfg.batch_filter, cfg.restoration, 1).select(
+            cfg.batch_filter.cold_start_iters, model, model.encode(images)
         )
 
 
@@ -171,7 +171,7 @@ def _cache_rows(s: _Setting, ctx: Context) -> list[Row]:
     data = _data(s, cfg, ctx, f"{s.preset}_{s.n}")
     setting = (
         f"{s.preset} ({cfg.model.backbone}, crop {cfg.data.crop}), {s.n} images, B {s.batch}, "
-        f"K {cfg.filter.mc_passes}, {s.epochs} epochs"
+        f"K {cfg.batch_filter.mc_passes}, {s.epochs} epochs"
     )
     ctx.log(f"[{SECTION}] {setting}")
     _warm_up(model, cfg, ctx)
@@ -220,8 +220,8 @@ def _scaling_rows(s: _Setting, ctx: Context) -> list[Row]:
         ctx.log(f"[scaling] filter {n} images")
         times[factor], _, _ = _filter(model, data, cfg, s.epochs, True, ctx)
     setting = (
-        f"filter time vs images: {s.preset} (crop {cfg.data.crop}), B {s.batch}, K {cfg.filter.mc_passes}, "
-        f"{s.epochs} epoch, cached"
+        f"filter time vs images: {s.preset} (crop {cfg.data.crop}), B {s.batch}, "
+        f"K {cfg.batch_filter.mc_passes}, {s.epochs} epoch, cached"
     )
     return [
         Row(

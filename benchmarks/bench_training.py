@@ -79,7 +79,7 @@ def run(ctx: Context) -> list[Row]:
     )
     setting = (
         f"{preset} ({cfg.model.backbone}, crop {cfg.data.crop}, decoder {cfg.model.decoder_dim}), "
-        f"B {batch}, K {cfg.filter.mc_passes}"
+        f"B {batch}, K {cfg.batch_filter.mc_passes}"
     )
     ctx.log(f"[{SECTION}] {setting}")
     t = {m: _time_method(m, preset, overrides, warmup, iters, data, ctx) for m in ("dinomaly", "ssfilter")}

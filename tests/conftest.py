@@ -123,8 +123,8 @@ def make_tiny_config():
         cfg.train.hard_mining_ramp = 6
         cfg.train.checkpoint_every = 2
         cfg.train.device = "cpu"
-        cfg.filter.cold_start_iters = 3
-        cfg.filter.mc_passes = 3
+        cfg.batch_filter.cold_start_iters = 3
+        cfg.batch_filter.mc_passes = 3
         return cfg
 
     return make

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,24 +23,36 @@ import torch
 
 from ssfilter.config import Config, apply_overrides, get_preset, load_config
 from ssfilter.data.datasets import Sample, discover, is_mvtec_layout
-from ssfilter.data.images import ImageReadError, Skipped, read_mask, validate_images, write_skipped_csv
+from ssfilter.data.images import Skipped, write_skipped_csv
+from ssfilter.data.validation import prepare_training_samples, validate_samples
 from ssfilter.errors import RunExistsError
 from ssfilter.io import atomic_write_json
-from ssfilter.training.checkpoint import MODEL_FILE, STATE_FILE, build_model, load_run
-from ssfilter.training.distributed import is_main_process
+from ssfilter.runfolder import (
+    CALIBRATION_FILE,
+    FILTER_CSV,
+    FILTER_JSON,
+    FILTER_LOG_FILE,
+    FILTER_SUMMARY_FILE,
+    MODEL_FILE,
+    NOISE_SPLIT_FILE,
+    SKIPPED_FILE,
+    STATE_FILE,
+    read_data_root,
+    write_data_record,
+)
+from ssfilter.runtime.device import resolve_device
+from ssfilter.runtime.distributed import is_main_process
+from ssfilter.training.checkpoint import build_model, load_run
 from ssfilter.training.filter_log import summarize_filter_log
-from ssfilter.training.trainer import FILTER_LOG_FILE, Trainer, TrainResult, resolve_device
+from ssfilter.training.trainer import Trainer, TrainResult
 
 if TYPE_CHECKING:
     from ssfilter.inference.calibration import Calibration
     from ssfilter.inference.predictor import PredictionReport, Predictor
 
 __all__ = [
-    "SKIPPED_FILE",
     "Detector",
     "model_info",
-    "prepare_training_samples",
-    "validate_samples",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,88 +67,6 @@ def _resolve_config(config: Config | str | Path | None) -> Config:
     if text.endswith((".yaml", ".yml")) or Path(text).is_file():
         return load_config(text)
     return get_preset(text)
-
-
-NOISE_SPLIT_FILE = "noise_split.json"
-#: Unreadable inputs of a command and why: ``path,reason`` (in the run folder, filter or predict output).
-SKIPPED_FILE = "skipped.csv"
-_LISTED = 10  # skipped files named in the warning; skipped.csv lists all of them
-
-
-def prepare_training_samples(
-    data: str | Path,
-    run_dir: Path | None = None,
-    *,
-    noise: float | None = None,
-    overlap: bool = False,
-    noise_seed: int = 0,
-) -> tuple[list[Sample], list[Skipped]]:
-    """Training images of a dataset folder with unreadable files removed and reported.
-
-    With ``noise`` (the SoftPatch protocol, SPEC §7) anomalous test images of an MVTec-layout folder
-    are injected into the training set and the split is written to ``run_dir/noise_split.json``.
-    The skipped files and their reasons go to ``run_dir/skipped.csv`` when a run folder is given.
-    """
-    if noise is not None:
-        from ssfilter.data.noise import softpatch_split
-
-        if not is_mvtec_layout(data):
-            raise ValueError(
-                f"--noise needs an MVTec-layout folder (train/good, test/<type>); {data} is not one"
-            )
-        samples, _, split = softpatch_split(data, noise, overlap=overlap, seed=noise_seed)
-        if run_dir is not None:
-            split.save(Path(run_dir) / NOISE_SPLIT_FILE)
-    else:
-        samples = discover(data, "train")
-    kept, skipped = validate_samples(samples, what="training image")
-    if run_dir is not None:
-        write_skipped_csv(skipped, Path(run_dir) / SKIPPED_FILE)
-    if not kept:
-        raise ValueError(
-            f"no readable training images under {data}: all {len(skipped)} image file(s) were skipped"
-            + (f" (listed with reasons in {Path(run_dir) / SKIPPED_FILE})" if run_dir is not None else "")
-        )
-    return kept, skipped
-
-
-def validate_samples(
-    samples: Sequence[Sample], *, masks: bool = False, what: str = "image"
-) -> tuple[list[Sample], list[Skipped]]:
-    """Decode every sample once; drop unreadable ones, warn once and list each with its reason.
-
-    Args:
-        samples: Samples to check, in order.
-        masks: Also decode each sample's ground-truth mask; a sample whose mask cannot be read is
-            skipped (its pixel ground truth would be wrong), with the mask named in the reason.
-        what: Noun for the warning (``"training image"``, ``"test image"``, ...).
-
-    Returns:
-        ``(kept, skipped)``: the readable samples in input order, the skipped files with their reasons.
-    """
-    good, skipped = validate_images([Path(s.path) for s in samples])
-    readable = {str(p) for p in good}
-    kept: list[Sample] = []
-    for sample in samples:
-        if sample.path not in readable:
-            continue
-        if masks and sample.mask_path is not None:
-            try:
-                read_mask(sample.mask_path)
-            except ImageReadError as err:
-                skipped.append(
-                    Skipped(sample.path, f"its mask {sample.mask_path} is unreadable: {err.reason}")
-                )
-                continue
-        kept.append(sample)
-    if skipped:
-        listed = "; ".join(f"{s.path} ({s.reason})" for s in skipped[:_LISTED])
-        more = f"; and {len(skipped) - _LISTED} more" if len(skipped) > _LISTED else ""
-        warnings.warn(
-            f"skipped {len(skipped)} unreadable {what}(s) (listed in {SKIPPED_FILE}): {listed}{more}",
-            stacklevel=3,
-        )
-    return kept, skipped
 
 
 class Detector:
@@ -208,10 +137,10 @@ class Detector:
         self.model = None
         if not main:
             return self
-        atomic_write_json(run / "data.json", {"data": str(Path(data).resolve()), "n_train": len(samples)})
+        write_data_record(run, data, len(samples))
         if (run / FILTER_LOG_FILE).is_file() and result.iterations == self.config.train.iters:
             summary = summarize_filter_log(run / FILTER_LOG_FILE)
-            atomic_write_json(run / "filter_summary.json", summary)
+            atomic_write_json(run / FILTER_SUMMARY_FILE, summary)
             if summary["abnormal_recall"] is not None:
                 log.info(
                     "abnormal recall in the second half of training: %.3f (normals discarded: %.3f)",
@@ -232,9 +161,7 @@ class Detector:
         det = cls(cfg)
         det.model = model
         det.run_dir = Path(run_dir)
-        data_file = Path(run_dir) / "data.json"
-        if data_file.is_file():
-            det.data = Path(json.loads(data_file.read_text(encoding="utf-8"))["data"])
+        det.data = read_data_root(run_dir)
         return det
 
     def _ensure_model(self) -> Any:
@@ -325,8 +252,8 @@ class Detector:
         Args:
             data: Folder to filter; default: the run's training set (with its injected noise, if any).
             out: Output folder for ``filter.csv`` and ``filter.json``.
-            epochs: kappa_1 (default ``filter.epochs``, 20).
-            min_keep: kappa_2 (default ``filter.min_keep``, 5).
+            epochs: kappa_1 (default ``dataset_filter.epochs``, 20).
+            min_keep: kappa_2 (default ``dataset_filter.min_keep``, 5).
             export_clean: Folder to receive the kept images (must not exist or be empty).
             progress: Show a progress bar.
             overwrite: Replace the results of an earlier filter in ``out``.
@@ -338,14 +265,8 @@ class Detector:
             RunExistsError: ``out`` holds a finished filter and ``overwrite`` is false.
             FileExistsError: ``export_clean`` exists and is not an empty folder (checked before filtering).
         """
-        from ssfilter.filtering.dataset_filter import (
-            FILTER_CSV,
-            FILTER_JSON,
-            filter_dataset,
-            summarize,
-            write_filter_outputs,
-        )
         from ssfilter.filtering.dataset_filter import export_clean as export
+        from ssfilter.filtering.dataset_filter import filter_dataset, summarize, write_filter_outputs
 
         out_dir = Path(out)
         done = [name for name in (FILTER_CSV, FILTER_JSON) if (out_dir / name).exists()]
@@ -504,7 +425,7 @@ class Detector:
 
     def _calibration(self, progress: bool = True) -> Calibration:
         """The run's saved calibration; computed from its training data when the file is missing."""
-        from ssfilter.inference.calibration import CALIBRATION_FILE, Calibration
+        from ssfilter.inference.calibration import Calibration
 
         if self.run_dir is not None and (self.run_dir / CALIBRATION_FILE).is_file():
             return Calibration.load(self.run_dir)

@@ -12,8 +12,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssfilter import __version__
 from ssfilter.config import PRESETS
+from ssfilter.version import VERSION
 
 __all__ = ["build_parser", "main"]
 
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ssfilter",
         description="Fully unsupervised anomaly detection on noisy image sets (SSFilter on Dinomaly-MLLA).",
     )
-    parser.add_argument("--version", action="version", version=f"ssfilter {__version__}")
+    parser.add_argument("--version", action="version", version=f"ssfilter {VERSION}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     parser.add_argument(
         "--max-image-pixels",
@@ -286,7 +286,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _is_main_process() -> bool:
     """Rank 0 of a torchrun launch, or the only process: the one that prints results."""
-    from ssfilter.training.distributed import is_main_process
+    from ssfilter.runtime.distributed import is_main_process
 
     return is_main_process()
 
@@ -472,8 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
-        if "ssfilter.training.distributed" in sys.modules:  # a torchrun launch joined a process group
-            sys.modules["ssfilter.training.distributed"].cleanup(wait=done)
+        if "ssfilter.runtime.distributed" in sys.modules:  # a torchrun launch joined a process group
+            sys.modules["ssfilter.runtime.distributed"].cleanup(wait=done)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,8 @@
 """Configuration dataclasses, named presets and YAML round-tripping.
 
-A :class:`Config` fully describes a run: data preprocessing, model, optimisation and the SSFilter
-filter. Every saved model carries its config (``config.yaml``), so a run folder can be rebuilt
-without the command line that produced it.
+A :class:`Config` fully describes a run: data preprocessing, model, optimisation, SSFilter's in-batch
+filter and restoration, the dataset filter and the calibration. Every saved model carries its config
+(``config.yaml``), so a run folder can be rebuilt without the command line that produced it.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import yaml
 __all__ = [
     "CONFIG_VERSION",
     "PRESETS",
+    "BatchFilterConfig",
     "CalibrationConfig",
     "Config",
     "DataConfig",
-    "FilterConfig",
+    "DatasetFilterConfig",
     "ModelConfig",
+    "RestorationConfig",
     "TrainConfig",
     "apply_overrides",
     "get_preset",
@@ -29,8 +31,10 @@ __all__ = [
     "save_config",
 ]
 
-#: Version of the on-disk config schema; bumped on incompatible changes.
-CONFIG_VERSION = 1
+#: Version of the on-disk config schema; bumped on incompatible changes. Version 1 had one ``filter``
+#: section for the in-batch filter, restoration and the dataset filter; it is still read (see
+#: :data:`LEGACY_FILTER_KEYS`), so runs trained before version 2 still load.
+CONFIG_VERSION = 2
 
 
 @dataclass
@@ -124,44 +128,62 @@ class TrainConfig:
 
 
 @dataclass
-class FilterConfig:
-    """SSFilter's in-batch filter and restoration (paper §3.2-3.6).
+class BatchFilterConfig:
+    """SSFilter's in-batch filter: which images of each training batch are trained on (paper §3.2-3.4).
 
     Attributes:
         patch_scoring: Use patch comparison scores A (Table 4 "PScoring").
         uncertainty: Use MC-dropout uncertainty U (Table 4 "UScoring").
         urecall: Recall upper-half samples with low uncertainty (Table 4 "URecall", Eq. 7 term 2).
-        restoring: Train on synthetic anomalies built from the material bank (Table 4 "Restoring").
         cold_start_iters: Iterations ranked by A alone (paper: 1000).
         mc_passes: Dropout passes K for uncertainty (paper: 10).
         tau: Material-candidate threshold in units of sigma_1 (paper: 8).
         patch_topk_ratio: Share of other patches averaged per patch score (paper: 0.001).
         image_topk_ratio: Share of top patches / pixels averaged per image score (paper: 0.01).
         keep_ratio: Share of the batch ranked as "lower half" (paper: 0.5).
-        material_max_ratio: T_p factor of the map's maximum (paper: 0.8).
-        material_percentile: T_p percentile cap (paper: 99).
-        materials_min: Materials pasted per synthetic image at the start of training.
-        materials_max: Materials pasted per synthetic image at the end of training (paper: 5).
         block_rows: Row-block size of the patch similarity computation (memory bound).
-        epochs: Dataset-level filter epochs kappa_1 (paper: 20).
-        min_keep: Dataset-level filter threshold kappa_2 (paper: 5).
     """
 
     patch_scoring: bool = True
     uncertainty: bool = True
     urecall: bool = True
-    restoring: bool = True
     cold_start_iters: int = 1000
     mc_passes: int = 10
     tau: float = 8.0
     patch_topk_ratio: float = 0.001
     image_topk_ratio: float = 0.01
     keep_ratio: float = 0.5
+    block_rows: int = 4096
+
+
+@dataclass
+class RestorationConfig:
+    """Synthetic anomalies built from high-confidence anomalies, for the decoder to restore (§3.5-3.6).
+
+    Attributes:
+        enabled: Train on synthetic anomalies built from the material bank (Table 4 "Restoring").
+        material_max_ratio: T_p factor of the map's maximum (paper: 0.8).
+        material_percentile: T_p percentile cap (paper: 99).
+        materials_min: Materials pasted per synthetic image at the start of training.
+        materials_max: Materials pasted per synthetic image at the end of training (paper: 5).
+    """
+
+    enabled: bool = True
     material_max_ratio: float = 0.8
     material_percentile: float = 99.0
     materials_min: int = 1
     materials_max: int = 5
-    block_rows: int = 4096
+
+
+@dataclass
+class DatasetFilterConfig:
+    """The dataset-level filter of a trained model (``ssfilter filter``, paper §3.7).
+
+    Attributes:
+        epochs: Random epochs over the data set, kappa_1 (paper: 20).
+        min_keep: An image is normal when kept more than this many times, kappa_2 (paper: 5).
+    """
+
     epochs: int = 20
     min_keep: int = 5
 
@@ -196,7 +218,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    filter: FilterConfig = field(default_factory=FilterConfig)
+    batch_filter: BatchFilterConfig = field(default_factory=BatchFilterConfig)
+    restoration: RestorationConfig = field(default_factory=RestorationConfig)
+    dataset_filter: DatasetFilterConfig = field(default_factory=DatasetFilterConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     version: int = CONFIG_VERSION
 
@@ -207,7 +231,7 @@ class Config:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
         """Build a config from a nested dict, rejecting unknown keys with a clear message."""
-        raw = dict(raw)
+        raw = upgrade_legacy(dict(raw))
         version = int(raw.pop("version", CONFIG_VERSION))
         if version > CONFIG_VERSION:
             raise ValueError(
@@ -234,9 +258,49 @@ _SECTION_TYPES: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "train": TrainConfig,
-    "filter": FilterConfig,
+    "batch_filter": BatchFilterConfig,
+    "restoration": RestorationConfig,
+    "dataset_filter": DatasetFilterConfig,
     "calibration": CalibrationConfig,
 }
+
+
+#: Where each key of the version-1 ``filter`` section lives now (``section.key``).
+LEGACY_FILTER_KEYS: dict[str, str] = {
+    **{k: f"batch_filter.{k}" for k in (f.name for f in fields(BatchFilterConfig))},
+    "restoring": "restoration.enabled",
+    **{
+        k: f"restoration.{k}"
+        for k in ("material_max_ratio", "material_percentile", "materials_min", "materials_max")
+    },
+    "epochs": "dataset_filter.epochs",
+    "min_keep": "dataset_filter.min_keep",
+}
+
+
+def upgrade_legacy(raw: dict[str, Any]) -> dict[str, Any]:
+    """Return ``raw`` with a version-1 ``filter`` section spread over its new sections.
+
+    The legacy keys override what the new sections already hold (a file's ``filter:`` section over the
+    preset it names).
+
+    Raises:
+        ValueError: for a key that no version-1 ``filter`` section had.
+    """
+    legacy = raw.get("filter")
+    if not isinstance(legacy, dict):
+        return raw
+    unknown = set(legacy) - set(LEGACY_FILTER_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) in config section 'filter': {sorted(unknown)}; "
+            f"known: {sorted(LEGACY_FILTER_KEYS)}"
+        )
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items() if k != "filter"}
+    for key, value in legacy.items():
+        section, _, new_key = LEGACY_FILTER_KEYS[key].partition(".")
+        out.setdefault(section, {})[new_key] = value
+    return out
 
 
 def _section_from_dict(kind: type, raw: dict[str, Any], name: str) -> Any:
@@ -271,8 +335,8 @@ def _preset_cpu_fast() -> Config:
     cfg.train.warmup_iters = 30
     cfg.train.hard_mining_ramp = 300
     cfg.train.checkpoint_every = 50
-    cfg.filter.cold_start_iters = 150
-    cfg.filter.mc_passes = 3
+    cfg.batch_filter.cold_start_iters = 150
+    cfg.batch_filter.mc_passes = 3
     return cfg
 
 
@@ -327,6 +391,8 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
     """
     items = overrides.items() if isinstance(overrides, dict) else (_split(o) for o in overrides)
     for dotted, value in items:
+        if dotted.startswith("filter."):  # version-1 name of the key
+            dotted = LEGACY_FILTER_KEYS.get(dotted.removeprefix("filter."), dotted)
         section, _, key = dotted.partition(".")
         if section not in _SECTION_TYPES or not key:
             raise ValueError(
@@ -368,6 +434,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raw = yaml.safe_load(fh) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level of the config")
+    raw = upgrade_legacy(raw)
     preset = raw.get("preset")
     if preset is not None and preset in PRESETS:
         base = get_preset(preset).to_dict()

@@ -26,6 +26,7 @@ from typing import Any
 
 from ssfilter.config import Config, get_preset
 from ssfilter.data.synthetic import MANIFEST_NAME, make_synthetic_category
+from ssfilter.runfolder import METRICS_FILE
 
 __all__ = ["DemoSettings", "demo_config", "detect_backbone", "find_demo_weights", "run_demo"]
 
@@ -175,10 +176,10 @@ def demo_config(weights: str | None = None, settings: DemoSettings | None = None
     )
     cfg.train.checkpoint_every = max(1, s.iters // 2)
     cfg.train.device = "auto"
-    cfg.filter.cold_start_iters = s.cold_start_iters
-    cfg.filter.keep_ratio = s.keep_ratio
-    cfg.filter.uncertainty = s.uncertainty
-    cfg.filter.epochs, cfg.filter.min_keep = s.filter_epochs, s.filter_min_keep
+    cfg.batch_filter.cold_start_iters = s.cold_start_iters
+    cfg.batch_filter.keep_ratio = s.keep_ratio
+    cfg.batch_filter.uncertainty = s.uncertainty
+    cfg.dataset_filter.epochs, cfg.dataset_filter.min_keep = s.filter_epochs, s.filter_min_keep
     return cfg
 
 
@@ -213,8 +214,8 @@ def run_demo(
     from ssfilter.io import atomic_write_json
     from ssfilter.reporting.examples import build_evaluate_report
     from ssfilter.reporting.html import ReportAssets, evaluate_section, filter_section, write_report
+    from ssfilter.runtime.device import resolve_device
     from ssfilter.training.checkpoint import load_run
-    from ssfilter.training.trainer import resolve_device
 
     s = settings or DemoSettings()
     t_start = time.perf_counter()
@@ -278,7 +279,7 @@ def run_demo(
     t0 = time.perf_counter()
     test = discover(data, "test")
     result = evaluate_model(model, test, cfg, device=device, progress=progress)
-    atomic_write_json(out / "metrics.json", result.to_json())
+    atomic_write_json(out / METRICS_FILE, result.to_json())
     eval_s = time.perf_counter() - t0
 
     # 4. one report with both
@@ -363,7 +364,7 @@ def _intro_section(
     n_train = s.n_train_good + s.n_train_defect
     ranking = (
         "synergy of patch comparison scores A and MC-dropout uncertainty U"
-        if cfg.filter.uncertainty
+        if cfg.batch_filter.uncertainty
         else "patch comparison scores A alone, as in SSFilter's cold start (the uncertainty needs a longer-"
         "trained decoder than 80 iterations)"
     )

@@ -23,8 +23,8 @@ def test_parse_methods() -> None:
 
 def test_benchmark_cli_end_to_end(tmp_path: Path, synthetic_mvtec: Path, tiny_config, capsys) -> None:
     tiny_config.train.iters = 3
-    tiny_config.filter.epochs = 3
-    tiny_config.filter.min_keep = 1
+    tiny_config.dataset_filter.epochs = 3
+    tiny_config.dataset_filter.min_keep = 1
     cfg = tmp_path / "cfg.yaml"
     save_config(tiny_config, cfg)
     out = tmp_path / "bench"
@@ -67,8 +67,8 @@ def test_benchmark_resume_keeps_finished_rows_and_filter(
     tmp_path: Path, synthetic_mvtec: Path, tiny_config
 ) -> None:
     tiny_config.train.iters = 2
-    tiny_config.filter.epochs = 2
-    tiny_config.filter.min_keep = 0
+    tiny_config.dataset_filter.epochs = 2
+    tiny_config.dataset_filter.min_keep = 0
     cfg = tmp_path / "cfg.yaml"
     save_config(tiny_config, cfg)
     out = tmp_path / "bench"

@@ -34,16 +34,10 @@ from ssfilter.config import Config, save_config
 from ssfilter.data.datasets import AnomalyDataset, discover
 from ssfilter.data.transforms import build_image_transform
 from ssfilter.filtering.batch_filter import BatchFilter
-from ssfilter.training.checkpoint import MODEL_FILE, STATE_FILE, build_model, load_model, load_train_state
-from ssfilter.training.distributed import shard_bounds
-from ssfilter.training.trainer import (
-    FILTER_LOG_FILE,
-    FILTER_RANKS_LOG_FILE,
-    LOG_FILE,
-    BatchPlan,
-    Trainer,
-    iteration_rng_seed,
-)
+from ssfilter.runfolder import FILTER_LOG_FILE, FILTER_RANKS_LOG_FILE, MODEL_FILE, STATE_FILE
+from ssfilter.runtime.distributed import shard_bounds
+from ssfilter.training.checkpoint import build_model, load_model, load_train_state
+from ssfilter.training.trainer import LOG_FILE, BatchPlan, Trainer, iteration_rng_seed
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="torchrun test on POSIX only"),
@@ -137,7 +131,7 @@ def _driver(tmp_path: Path, cfg_file: Path, data: Path) -> Path:
 
             from ssfilter.api import Detector
             from ssfilter.config import load_config
-            from ssfilter.training import distributed
+            from ssfilter.runtime import distributed
 
             cfg, data, tmp = load_config({str(cfg_file)!r}), Path({str(data)!r}), Path({str(tmp_path)!r})
             with distributed.session():
@@ -174,7 +168,9 @@ def _rank_filter_rows(
         part = batch[lo:hi]
         images = torch.stack([dataset[i]["image"] for i in part])
         torch.manual_seed(iteration_rng_seed(cfg.train.seed, iteration, rank))
-        sel = BatchFilter(cfg.filter, cfg.train.iters).select(iteration, model, model.encode(images))
+        sel = BatchFilter(cfg.batch_filter, cfg.restoration, cfg.train.iters).select(
+            iteration, model, model.encode(images)
+        )
         discarded = sorted(part[j] for j in torch.nonzero(~sel.decision.keep).flatten().tolist())
         out.append((discarded, sel.decision.n_kept, sel.decision.mu1))
     return out
@@ -184,7 +180,7 @@ def test_ddp_ssfilter_per_rank_filter_resume_and_sharded_dataset_filter(
     tmp_path: Path, synthetic_mvtec: Path, tiny_config
 ) -> None:
     tiny_config.data.batch_size = 8  # 4 images per rank
-    tiny_config.filter.tau = 0.5  # low, so that restoration occurs in a short run
+    tiny_config.batch_filter.tau = 0.5  # low, so that restoration occurs in a short run
     cfg_file = _prepare(tiny_config, tmp_path, "ssfilter")
     _torchrun(str(_driver(tmp_path, cfg_file, synthetic_mvtec)))
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -222,7 +218,7 @@ def test_ddp_ssfilter_per_rank_filter_resume_and_sharded_dataset_filter(
             row = logged[rank]
             assert sorted(int(i) for i in row["discarded"].split()) == discarded
             assert int(row["kept"]) == n_kept
-            if iteration >= tiny_config.filter.cold_start_iters:
+            if iteration >= tiny_config.batch_filter.cold_start_iters:
                 assert row["phase"] == "regular"
                 assert float(row["mu1"]) == pytest.approx(mu1, rel=1e-4)
 

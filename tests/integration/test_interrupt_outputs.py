@@ -65,7 +65,7 @@ def trained(
     cfg = make_tiny_config()
     cfg.train.iters, cfg.train.warmup_iters, cfg.train.hard_mining_ramp = 2, 1, 2
     cfg.train.method = "ssfilter"
-    cfg.filter.cold_start_iters, cfg.filter.mc_passes = 1, 2
+    cfg.batch_filter.cold_start_iters, cfg.batch_filter.mc_passes = 1, 2
     cfg.calibration.after_training = False
     root = tmp_path_factory.mktemp("interrupt")
     data = root / "data"

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from ssfilter.config import save_config
-from ssfilter.training.checkpoint import MODEL_FILE, STATE_FILE, load_model, load_train_state
+from ssfilter.runfolder import MODEL_FILE, STATE_FILE
+from ssfilter.training.checkpoint import load_model, load_train_state
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
 

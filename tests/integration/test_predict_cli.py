@@ -13,9 +13,10 @@ from ssfilter.api import Detector
 from ssfilter.cli import main
 from ssfilter.config import save_config
 from ssfilter.data.datasets import discover
-from ssfilter.inference.calibration import CALIBRATION_FILE, Calibration
+from ssfilter.inference.calibration import Calibration
 from ssfilter.inference.predictor import RECORD_FIELDS, Predictor
 from ssfilter.inference.visualize import crop_box
+from ssfilter.runfolder import CALIBRATION_FILE
 
 
 @pytest.fixture(scope="module")

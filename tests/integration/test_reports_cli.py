@@ -148,7 +148,7 @@ def test_demo_weights_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert cfg.model.random_init is False and cfg.model.weights == str(vit.resolve())
     cfg = demo_config(None)
     assert cfg.model.backbone == "mobilenet_v2" and cfg.model.random_init is True
-    assert cfg.filter.uncertainty is False
+    assert cfg.batch_filter.uncertainty is False
 
     monkeypatch.setenv("SSFILTER_DEMO_WEIGHTS", str(mobilenet))
     assert find_demo_weights() == str(mobilenet)

@@ -17,14 +17,9 @@ from safetensors.torch import load_file
 from ssfilter.data.datasets import discover
 from ssfilter.filtering.dataset_filter import FilterRecord, write_filter_outputs
 from ssfilter.io import atomic_write_json, atomic_writer
+from ssfilter.runfolder import MODEL_FILE, STATE_FILE
 from ssfilter.training import trainer as trainer_mod
-from ssfilter.training.checkpoint import (
-    MODEL_FILE,
-    STATE_FILE,
-    load_model,
-    load_train_state,
-    read_model_metadata,
-)
+from ssfilter.training.checkpoint import load_model, load_train_state, read_model_metadata
 from ssfilter.training.trainer import Trainer
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from ssfilter.config import Config
 from ssfilter.data.datasets import Sample
 from ssfilter.io import atomic_write_json, atomic_write_text
+from ssfilter.runfolder import FILTER_CSV, FILTER_JSON, NOISE_SPLIT_FILE, SKIPPED_FILE
 
 __all__ = ["BASE_METHODS", "parse_methods", "results_markdown", "results_tables", "run_benchmark"]
 
@@ -114,7 +115,7 @@ def run_benchmark(
             continue
         train, test, split = softpatch_split(data, alpha, overlap=overlap, seed=noise_seed)
         folder = out / f"alpha_{alpha:g}"
-        split.save(folder / "noise_split.json")
+        split.save(folder / NOISE_SPLIT_FILE)
         train, test = _readable(train, test, folder)
         ssf_model = None
         kept: list[Sample] | None = None
@@ -166,8 +167,8 @@ def _readable(
     train: Sequence[Sample], test: Sequence[Sample], folder: Path
 ) -> tuple[list[Sample], list[Sample]]:
     """Leave out unreadable images (test images also when their mask is), listed in ``folder/skipped.csv``."""
-    from ssfilter.api import SKIPPED_FILE, validate_samples
     from ssfilter.data.images import write_skipped_csv
+    from ssfilter.data.validation import validate_samples
 
     kept_train, skipped_train = validate_samples(train, what="training image")
     kept_test, skipped_test = validate_samples(test, masks=True, what="test image")
@@ -199,13 +200,7 @@ def _evaluate(model: Any, test: Sequence[Sample], cfg: Config, progress: bool) -
 def _filter(
     model: Any, train: Sequence[Sample], cfg: Config, out: Path, progress: bool, resume: bool = False
 ) -> tuple[list[Sample], dict[str, Any]]:
-    from ssfilter.filtering.dataset_filter import (
-        FILTER_CSV,
-        FILTER_JSON,
-        filter_dataset,
-        summarize,
-        write_filter_outputs,
-    )
+    from ssfilter.filtering.dataset_filter import filter_dataset, summarize, write_filter_outputs
 
     csv_path, json_path = out / FILTER_CSV, out / FILTER_JSON
     if resume and csv_path.is_file() and json_path.is_file():
@@ -237,7 +232,7 @@ def _patchcore(
 ) -> dict[str, float | None]:
     from ssfilter.baselines.patchcore import evaluate_patchcore, fit_patchcore
     from ssfilter.models.encoders import build_encoder
-    from ssfilter.training.trainer import resolve_device
+    from ssfilter.runtime.device import resolve_device
 
     device = resolve_device(cfg.train.device)
     encoder = build_encoder(cfg.model.backbone, cfg.model.weights, allow_random=cfg.model.random_init)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssfilter.config import FilterConfig
+from ssfilter.config import BatchFilterConfig, RestorationConfig
 from ssfilter.filtering.patch_scoring import batch_anomaly_scores
 from ssfilter.filtering.restoration import (
     Material,
@@ -67,16 +67,25 @@ class BatchFilter:
 
     Args:
         cfg: Filter configuration (ablation switches, K, tau, ratios).
+        restoration: Restoration configuration (on/off, material thresholds and counts).
         total_iters: Training length (the number of pasted materials grows over it).
         seed: Seed of the synthesis random generator.
         bank_capacity: Materials kept across iterations; 0 = the current batch only (the paper's
             reading: synthesis uses the candidates of the same mini-batch).
     """
 
-    def __init__(self, cfg: FilterConfig, total_iters: int, seed: int = 0, bank_capacity: int = 0) -> None:
+    def __init__(
+        self,
+        cfg: BatchFilterConfig,
+        restoration: RestorationConfig,
+        total_iters: int,
+        seed: int = 0,
+        bank_capacity: int = 0,
+    ) -> None:
         if not (cfg.patch_scoring or cfg.uncertainty):
             raise ValueError("the filter needs patch scoring, uncertainty scoring or both")
         self.cfg = cfg
+        self.restoration = restoration
         self.total_iters = total_iters
         self.bank = MaterialBank(bank_capacity)
         self.generator = torch.Generator().manual_seed(seed)
@@ -121,13 +130,14 @@ class BatchFilter:
             use_urecall=cfg.urecall,
         )
         materials: list[Material] = []
-        if images is not None and cfg.restoring and unc is not None and bool(decision.material.any()):
+        restore = self.restoration
+        if images is not None and restore.enabled and unc is not None and bool(decision.material.any()):
             materials = extract_materials(
                 images,
                 unc.acc_map,
                 decision.material.to(images.device),
-                cfg.material_max_ratio,
-                cfg.material_percentile,
+                restore.material_max_ratio,
+                restore.material_percentile,
             )
         return BatchSelection(decision, a, unc, materials)
 
@@ -147,7 +157,7 @@ class BatchFilter:
         One synthetic image per material candidate of the batch (paper); the bank supplies the
         materials. Returns None when restoring is off or there is nothing to paste.
         """
-        if not self.cfg.restoring:
+        if not self.restoration.enabled:
             return None
         self.bank.add(selection.materials)
         count = len(selection.materials)
@@ -156,7 +166,7 @@ class BatchFilter:
         crop = kept_images.shape[-1]
         fg = foreground_masks(model.encoder.foreground_features(kept_feats), kept_feats.grid, crop)
         n_per = materials_per_image(
-            iteration, self.total_iters, self.cfg.materials_min, self.cfg.materials_max
+            iteration, self.total_iters, self.restoration.materials_min, self.restoration.materials_max
         )
         images, source, masks = synthesize_batch(
             kept_images, fg.to(kept_images.device), self.bank.materials, count, n_per, self.generator

@@ -56,15 +56,15 @@ from ssfilter.data.transforms import build_image_transform
 from ssfilter.filtering.batch_filter import BatchFilter
 from ssfilter.io import atomic_write_json, atomic_writer
 from ssfilter.models.dinomaly import DinomalyModel
-from ssfilter.training import distributed
-from ssfilter.training.trainer import _BatchCache, _seed_torch
+from ssfilter.models.feature_cache import FeatureCache
+from ssfilter.runfolder import FILTER_CSV, FILTER_JSON
+from ssfilter.runtime import distributed
+from ssfilter.runtime.seeding import seed_torch
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "CSV_FIELDS",
-    "FILTER_CSV",
-    "FILTER_JSON",
     "MANIFEST_CSV",
     "FilterRecord",
     "FilterRecords",
@@ -81,8 +81,6 @@ ExportMode = Literal["auto", "symlink", "hardlink", "copy"]
 
 #: Columns of ``filter.csv`` (SPEC §11), in order.
 CSV_FIELDS = ["path", "times_seen", "times_kept", "mean_score", "mean_uncertainty", "decision"]
-FILTER_CSV = "filter.csv"
-FILTER_JSON = "filter.json"
 MANIFEST_CSV = "manifest.csv"
 #: Where :func:`export_clean` puts the kept images (MVTec / anomalib ``Folder`` normal-image folder).
 EXPORT_SUBDIR = Path("train") / "good"
@@ -153,7 +151,7 @@ class _BatchResult:
     uncertainty: np.ndarray | None
 
 
-def _warm_cache(cache: _BatchCache, n: int, chunk: int) -> None:
+def _warm_cache(cache: FeatureCache, n: int, chunk: int) -> None:
     """Encode the data set in order, ``chunk`` images at a time, until the cache's budget is spent."""
     if cache.max_bytes <= 0:
         return
@@ -201,8 +199,9 @@ def filter_dataset(
         model: Trained model (moved to ``device``; its train/eval mode is restored afterwards).
         samples: Images to filter (validated; at least 2).
         cfg: The run's configuration (batch size, preprocessing, filter settings).
-        epochs: kappa1, random epochs over the data set (default ``cfg.filter.epochs``).
-        min_keep: kappa2; normal when kept more than this many times (default ``cfg.filter.min_keep``).
+        epochs: kappa1, random epochs over the data set (default ``cfg.dataset_filter.epochs``).
+        min_keep: kappa2; normal when kept more than this many times (default
+            ``cfg.dataset_filter.min_keep``).
         device: Where to run.
         progress: Show a progress bar.
         cache_features: Encode each image once and reuse its features across epochs.
@@ -217,8 +216,8 @@ def filter_dataset(
     Raises:
         ValueError: Fewer than 2 images, a batch size below 2, or ``epochs`` / ``min_keep`` out of range.
     """
-    epochs = cfg.filter.epochs if epochs is None else int(epochs)
-    min_keep = cfg.filter.min_keep if min_keep is None else int(min_keep)
+    epochs = cfg.dataset_filter.epochs if epochs is None else int(epochs)
+    min_keep = cfg.dataset_filter.min_keep if min_keep is None else int(min_keep)
     seed = cfg.train.seed if seed is None else int(seed)
     samples = list(samples)
     n = len(samples)
@@ -250,9 +249,11 @@ def filter_dataset(
     model.eval()  # the uncertainty passes force the bottleneck dropout on by themselves
     transform = build_image_transform(cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std)
     budget = cache_bytes if cache_features else 0
-    cache = _BatchCache(AnomalyDataset(samples, transform), model, dev, budget, pin_memory=dev.type == "cuda")
-    batch_filter = BatchFilter(cfg.filter, max(cfg.train.iters, 1), seed=seed)
-    iteration = cfg.filter.cold_start_iters  # regular phase: uncertainty participates
+    cache = FeatureCache(
+        AnomalyDataset(samples, transform), model, dev, budget, pin_memory=dev.type == "cuda"
+    )
+    batch_filter = BatchFilter(cfg.batch_filter, cfg.restoration, max(cfg.train.iters, 1), seed=seed)
+    iteration = cfg.batch_filter.cold_start_iters  # regular phase: uncertainty participates
     amp = cfg.train.amp and dev.type == "cuda"
     order = torch.Generator().manual_seed(seed)
     plan = [
@@ -272,7 +273,7 @@ def filter_dataset(
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 _warm_cache(cache, n, min(batch_size, n))
             for epoch, j, indices, counted in mine:
-                _seed_torch(batch_dropout_seed(seed, epoch, j), dev)
+                seed_torch(batch_dropout_seed(seed, epoch, j), dev)
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                     feats = cache.features_for(indices)
                     sel = batch_filter.select(iteration, model, feats)

@@ -57,9 +57,9 @@ import numpy as np
 
 from ssfilter.errors import CalibrationError
 from ssfilter.io import atomic_write_json
+from ssfilter.runfolder import CALIBRATION_FILE
 
 __all__ = [
-    "CALIBRATION_FILE",
     "CALIBRATION_VERSION",
     "DEFAULT_K",
     "DEFAULT_PIXEL_K",
@@ -71,7 +71,6 @@ __all__ = [
     "robust_threshold",
 ]
 
-CALIBRATION_FILE = "calibration.json"
 #: On-disk format of ``calibration.json``; a newer file gives a clear error.
 CALIBRATION_VERSION = 1
 #: Factor turning a median absolute deviation into a standard deviation for normally distributed data.

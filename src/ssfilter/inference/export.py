@@ -43,7 +43,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import ssfilter
 from ssfilter.config import Config
 from ssfilter.data.images import ImageReadError, read_image, scan_images
 from ssfilter.data.transforms import build_image_transform
@@ -52,6 +51,8 @@ from ssfilter.inference.onnx_predictor import read_onnx_metadata
 from ssfilter.io import atomic_path
 from ssfilter.models.anomaly_map import evaluation_maps
 from ssfilter.models.dinomaly import DinomalyModel
+from ssfilter.runfolder import read_data_root
+from ssfilter.version import VERSION
 
 if TYPE_CHECKING:
     from ssfilter.api import Detector
@@ -214,7 +215,8 @@ def _require_onnx() -> tuple[Any, Any]:
 
 
 def _run_calibration(run_dir: Path) -> Calibration:
-    from ssfilter.inference.calibration import CALIBRATION_FILE, Calibration
+    from ssfilter.inference.calibration import Calibration
+    from ssfilter.runfolder import CALIBRATION_FILE
 
     if not (run_dir / CALIBRATION_FILE).is_file():
         raise FileNotFoundError(
@@ -222,15 +224,6 @@ def _run_calibration(run_dir: Path) -> Calibration:
             f"heat-map scale, so compute them first with `ssfilter calibrate --run {run_dir}`"
         )
     return Calibration.load(run_dir)
-
-
-def _run_data(run_dir: Path | None) -> Path | None:
-    if run_dir is None or not (run_dir / "data.json").is_file():
-        return None
-    try:
-        return Path(json.loads((run_dir / "data.json").read_text(encoding="utf-8"))["data"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _resolve(
@@ -246,7 +239,7 @@ def _resolve(
         run = Path(source)
         cal = calibration if calibration is not None else _run_calibration(run)
         cfg, model = load_run(run, "cpu")
-        return _Source(model, cfg, cal, run, _run_data(run), model.encoder.name)
+        return _Source(model, cfg, cal, run, read_data_root(run), model.encoder.name)
     from ssfilter.api import Detector
 
     if isinstance(source, Detector):
@@ -373,7 +366,7 @@ def _metadata(src: _Source, opset: int, batch_size: int | None) -> dict[str, str
     crop, size = cfg.data.crop, cfg.data.eval_size
     return {
         "ssfilter_export_format": str(EXPORT_FORMAT),
-        "ssfilter_version": ssfilter.__version__,
+        "ssfilter_version": VERSION,
         "backbone": src.backbone,
         "crop": str(cfg.data.crop),
         "resize": str(cfg.data.resize),
@@ -496,7 +489,7 @@ def export_onnx(
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         proto.doc_string = (
-            f"ssfilter {ssfilter.__version__} anomaly detector ({src.backbone}); input {meta['input']}; "
+            f"ssfilter {VERSION} anomaly detector ({src.backbone}); input {meta['input']}; "
             f"outputs {meta['outputs']}"
         )
         onnx.save(proto, str(tmp))

@@ -59,11 +59,11 @@ from ssfilter.inference.prediction import Prediction
 from ssfilter.inference.visualize import mask_image, overlay_image
 from ssfilter.io import atomic_path, atomic_write_json, atomic_write_text
 from ssfilter.models.dinomaly import DinomalyModel
+from ssfilter.runfolder import SKIPPED_FILE
 
 __all__ = [
     "PREDICTIONS_CSV",
     "PREDICTIONS_JSON",
-    "SKIPPED_CSV",
     "Prediction",
     "RECORD_FIELDS",
     "PredictionReport",
@@ -74,7 +74,6 @@ __all__ = [
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
-SKIPPED_CSV = "skipped.csv"
 #: Columns of ``predictions.csv`` (and keys of each ``images`` entry of ``predictions.json``).
 RECORD_FIELDS = ("path", "raw_score", "score", "label", "threshold", "overlay", "mask", "width", "height")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -226,8 +225,8 @@ class Predictor:
         Raises:
             FileNotFoundError: when the run has no ``calibration.json`` (run ``ssfilter calibrate``).
         """
+        from ssfilter.runtime.device import resolve_device
         from ssfilter.training.checkpoint import load_run
-        from ssfilter.training.trainer import resolve_device
 
         dev = resolve_device(device) if isinstance(device, str) else device
         cfg, model = load_run(run_dir, dev)
@@ -443,7 +442,7 @@ class Predictor:
                 "images": records,
             },
         )
-        write_skipped_csv(skipped, folder / SKIPPED_CSV)
+        write_skipped_csv(skipped, folder / SKIPPED_FILE)
         return PredictionReport(records=records, skipped=skipped, out=folder, calibration=cal)
 
     # -- calibration ------------------------------------------------------------------------------------

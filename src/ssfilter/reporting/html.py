@@ -982,7 +982,8 @@ def write_filter_report(
         title: Page title (default "ssfilter filter report").
         max_thumbnails: Quarantined images shown with a thumbnail.
     """
-    from ssfilter.filtering.dataset_filter import FILTER_CSV, FILTER_JSON, summarize
+    from ssfilter.filtering.dataset_filter import summarize
+    from ssfilter.runfolder import FILTER_CSV, FILTER_JSON
 
     out = Path(out_dir)
     summary = summary if summary is not None else summarize(records)

@@ -22,18 +22,15 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import ssfilter
 from ssfilter.config import Config, load_config, save_config
 from ssfilter.errors import RunFormatError
 from ssfilter.io import atomic_path
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.encoders import build_encoder
+from ssfilter.runfolder import CONFIG_FILE, MODEL_FILE
+from ssfilter.version import VERSION
 
 __all__ = [
-    "CONFIG_FILE",
-    "LOG_FILE",
-    "MODEL_FILE",
-    "STATE_FILE",
     "build_model",
     "load_model",
     "load_run",
@@ -43,10 +40,6 @@ __all__ = [
     "save_train_state",
 ]
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.yaml"
-STATE_FILE = "train_state.pt"
-LOG_FILE = "train_log.csv"
 #: On-disk run format; a run written by an incompatible ssfilter gives a clear error.
 RUN_FORMAT = 1
 
@@ -71,7 +64,7 @@ def save_model(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {
         "format": str(RUN_FORMAT),
-        "ssfilter_version": ssfilter.__version__,
+        "ssfilter_version": VERSION,
         "iteration": str(iteration),
         "crop": str(model.crop),
         "backbone": model.encoder.name,
@@ -110,7 +103,7 @@ def load_model(
         ) from err
     if meta.get("format") != str(RUN_FORMAT):
         raise RunFormatError(
-            f"{path} has run format {meta.get('format')!r}; ssfilter {ssfilter.__version__} reads format "
+            f"{path} has run format {meta.get('format')!r}; ssfilter {VERSION} reads format "
             f"{RUN_FORMAT}. Retrain the model or use the ssfilter version that wrote it "
             f"({meta.get('ssfilter_version')})"
         )
@@ -133,7 +126,7 @@ def _load_run_config(run: Path) -> Config:
         return load_config(run / CONFIG_FILE)
     except (ValueError, TypeError, yaml.YAMLError) as err:
         raise RunFormatError(
-            f"{run / CONFIG_FILE} cannot be read by ssfilter {ssfilter.__version__} ({err}); the run was "
+            f"{run / CONFIG_FILE} cannot be read by ssfilter {VERSION} ({err}); the run was "
             "written by another version or the file was edited"
         ) from err
 

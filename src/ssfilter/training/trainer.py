@@ -37,7 +37,6 @@ import copy
 import csv
 import logging
 import math
-import random
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -45,7 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -55,16 +53,17 @@ from tqdm.auto import tqdm
 from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, Sample
 from ssfilter.data.transforms import build_image_transform
-from ssfilter.errors import DeviceUnavailableError, RunFormatError
+from ssfilter.errors import RunFormatError
 from ssfilter.filtering.batch_filter import BatchFilter
 from ssfilter.io import atomic_writer
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.encoders import CNNEncoder, EncoderFeatures
-from ssfilter.training import distributed
+from ssfilter.models.feature_cache import FeatureCache
+from ssfilter.runfolder import FILTER_LOG_FILE, FILTER_RANKS_LOG_FILE, LOG_FILE, MODEL_FILE, STATE_FILE
+from ssfilter.runtime import distributed
+from ssfilter.runtime.device import enable_tf32, resolve_device
+from ssfilter.runtime.seeding import rng_state, seed_everything, seed_torch, set_rng_state
 from ssfilter.training.checkpoint import (
-    LOG_FILE,
-    MODEL_FILE,
-    STATE_FILE,
     build_model,
     load_train_state,
     save_model,
@@ -74,7 +73,7 @@ from ssfilter.training.checkpoint import (
 from ssfilter.training.losses import ThresholdPool, hard_cosine_loss, hard_mining_p
 from ssfilter.training.optim import StableAdamW, build_scheduler
 
-__all__ = ["BatchPlan", "TrainResult", "Trainer", "dropout_row_seeds", "iteration_rng_seed", "resolve_device"]
+__all__ = ["BatchPlan", "TrainResult", "Trainer", "dropout_row_seeds", "iteration_rng_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +95,6 @@ FILTER_FIELDS = [
     "normals",
     "normals_discarded",
 ]
-FILTER_LOG_FILE = "filter_log.csv"
-#: Per-rank rows of a DDP run's in-batch filter (``rank`` column, and the dataset indices it discarded).
-FILTER_RANKS_LOG_FILE = "filter_log_ranks.csv"
 FILTER_RANK_FIELDS = ["iteration", "rank", *FILTER_FIELDS[1:], "discarded"]
 METHODS = ("ssfilter", "dinomaly")
 
@@ -107,26 +103,6 @@ _TAG_ITERATION = 1
 _TAG_DROPOUT = 2
 _TAG_SYNTHETIC_DROPOUT = 3
 _TAG_SYNTHESIS = 4
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map ``auto``/``cpu``/``cuda`` to a device, with a clear error when CUDA is missing.
-
-    Under ``torchrun`` (``WORLD_SIZE > 1``) a plain ``cuda`` means this process's GPU, ``cuda:LOCAL_RANK``.
-
-    Args:
-        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:K``.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceUnavailableError(
-            "--device cuda was requested but no CUDA GPU is available; use --device cpu"
-        )
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None and distributed.launched_distributed():
-        device = torch.device("cuda", distributed.env_local_rank())
-    return device
 
 
 def iteration_rng_seed(seed: int, iteration: int, rank: int = 0) -> int:
@@ -156,14 +132,6 @@ def dropout_row_seeds(
     """
     tag = _TAG_SYNTHETIC_DROPOUT if synthetic else _TAG_DROPOUT
     return [distributed.derive_seed(seed, tag, iteration, int(pos)) for pos in positions]
-
-
-def _seed_torch(seed: int, device: torch.device) -> None:
-    """Seed the CPU generator and, on CUDA, the generator of ``device`` only (no other GPU is touched)."""
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            torch.cuda.manual_seed(seed)
 
 
 class BatchPlan:
@@ -207,104 +175,6 @@ class TrainResult:
     iterations: int
     final_loss: float
     seconds: float
-
-
-class _BatchCache:
-    """Transformed images and frozen-encoder features kept in memory.
-
-    Preprocessing is deterministic and the encoder is frozen, so each image is decoded and encoded
-    once; later epochs only run the decoder. Both caches are bounded by ``max_bytes`` together;
-    beyond the budget items are recomputed every time, so memory stays bounded on large data sets.
-
-    Args:
-        dataset: Source of the transformed images.
-        model: Model whose frozen encoder computes the features.
-        device: Device of the returned batches.
-        max_bytes: Memory budget of both caches together.
-        channels_last: Feed the encoder channels-last images (faster CNNs on CUDA).
-        pin_memory: Stage host batches in pinned memory so the copy to the GPU is asynchronous.
-    """
-
-    def __init__(
-        self,
-        dataset: AnomalyDataset,
-        model: DinomalyModel,
-        device: torch.device,
-        max_bytes: int,
-        *,
-        channels_last: bool = False,
-        pin_memory: bool = False,
-    ) -> None:
-        self.dataset = dataset
-        self.model = model
-        self.device = device
-        self.max_bytes = max_bytes
-        self.channels_last = channels_last
-        self.pin_memory = pin_memory
-        self.images: dict[int, Tensor] = {}
-        self.feats: dict[int, EncoderFeatures] = {}
-        self.bytes = 0
-
-    def _fits(self, size: int) -> bool:
-        if self.bytes + size > self.max_bytes:
-            return False
-        self.bytes += size
-        return True
-
-    def images_for(self, indices: Sequence[int]) -> Tensor:
-        """Normalised images ``[B, 3, S, S]`` on the training device."""
-        out = []
-        for i in indices:
-            item = self.images.get(i)
-            if item is None:
-                item = self.dataset[i]["image"]
-                if self._fits(item.numel() * item.element_size()):
-                    self.images[i] = item
-            out.append(item)
-        return self._to_device(torch.stack(out))
-
-    def _to_device(self, batch: Tensor) -> Tensor:
-        if self.pin_memory and self.device.type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(self.device, non_blocking=True)
-
-    def encode(self, images: Tensor) -> EncoderFeatures:
-        """Frozen-encoder features of a batch on the device (channels-last when configured)."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.model.encode(images)
-
-    def features_for(self, indices: Sequence[int], images: Tensor | None = None) -> EncoderFeatures:
-        """Encoder features of the batch, encoding only the images not cached yet.
-
-        Args:
-            indices: Dataset indices of the batch.
-            images: The batch's images when the caller has them already; otherwise only the images
-                still to be encoded are read (and not kept), so all of the budget goes to features.
-        """
-        missing = [j for j, i in enumerate(indices) if i not in self.feats]
-        fresh_row = {j: row for row, j in enumerate(missing)}
-        fresh = None
-        if missing:
-            if images is None:
-                batch = self._to_device(torch.stack([self.dataset[indices[j]]["image"] for j in missing]))
-            else:
-                batch = images[missing]
-            fresh = self.encode(batch)
-        parts = []
-        for j, i in enumerate(indices):
-            if i in self.feats:
-                parts.append(self.feats[i])
-                continue
-            assert fresh is not None
-            row = fresh_row[j]
-            one = EncoderFeatures(
-                [t[row : row + 1].clone() for t in fresh.layers], fresh.grid, fresh.num_prefix
-            )
-            if self._fits(sum(t.numel() * t.element_size() for t in one.layers)):
-                self.feats[i] = one
-            parts.append(one)
-        return EncoderFeatures.cat(parts)
 
 
 class _DecodeStep(nn.Module):
@@ -412,7 +282,7 @@ class Trainer:
         self._rank, self._world = 0, 1
         self._slice: tuple[int, int, int] | None = None  # (lo, hi, global batch size)
         self._decode: Callable[..., list[Tensor]] | None = None
-        self._cache: _BatchCache | None = None
+        self._cache: FeatureCache | None = None
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -431,19 +301,19 @@ class Trainer:
         main = rank == 0
         cuda = self.device.type == "cuda"
 
-        _seed_everything(cfg.train.seed)
+        seed_everything(cfg.train.seed)
         model = build_model(cfg).to(self.device)
         channels_last = cuda and isinstance(model.encoder, CNNEncoder)
-        if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            if channels_last:
-                model.encoder.to(memory_format=torch.channels_last)
+        enable_tf32(self.device)
+        if channels_last:
+            model.encoder.to(memory_format=torch.channels_last)
         params = model.trainable_parameters()
         optimizer = StableAdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True)
         scheduler = build_scheduler(optimizer, cfg.train.iters, cfg.train.warmup_iters, cfg.train.final_lr)
         batch_filter = (
-            BatchFilter(cfg.filter, cfg.train.iters, seed=_synthesis_seed(cfg.train.seed, rank))
+            BatchFilter(
+                cfg.batch_filter, cfg.restoration, cfg.train.iters, seed=_synthesis_seed(cfg.train.seed, rank)
+            )
             if cfg.train.method == "ssfilter"
             else None
         )
@@ -486,7 +356,7 @@ class Trainer:
             # After the restore: DDP broadcasts rank 0's parameters, so every rank starts identical.
             self._decode = DistributedDataParallel(_DecodeStep(model))
 
-        cache = _BatchCache(
+        cache = FeatureCache(
             dataset, model, self.device, self.cache_bytes, channels_last=channels_last, pin_memory=cuda
         )
         self._cache = cache
@@ -522,7 +392,7 @@ class Trainer:
         try:
             for it in range(start, end):
                 t0 = time.perf_counter()
-                _seed_torch(iteration_rng_seed(cfg.train.seed, it, rank), self.device)
+                seed_torch(iteration_rng_seed(cfg.train.seed, it, rank), self.device)
                 indices = plan.indices(it)[lo:hi]
                 if loader is not None:
                     images: Tensor | None = next(loader).to(self.device, non_blocking=True)
@@ -623,7 +493,7 @@ class Trainer:
             "trainable": {
                 k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("encoder.")
             },
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "filter": filter_state,
             "filter_ranks": rank_states if self._world > 1 and batch_filter is not None else None,
             "world_size": self._world,
@@ -661,7 +531,7 @@ class Trainer:
             raise RunFormatError(mismatch)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         iteration = int(state["iteration"])
         if batch_filter is not None:
             if state.get("filter") is None:
@@ -861,26 +731,6 @@ def _merge_filter_rows(per_rank: list[list[dict[str, Any]]]) -> list[dict[str, A
                 out[key] = sum(int(r[key]) for r in rows)
         merged.append(out)
     return merged
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    """CPU and Python random states (kept for the checkpoint format).
-
-    The torch generators are re-seeded from ``(seed, iteration, rank)`` at every iteration, so no GPU
-    generator state is needed for an exact resume (and none is read: that would touch every GPU).
-    """
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
 
 
 def _append_log(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> None:

@@ -18,10 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ssfilter.api import SKIPPED_FILE, prepare_training_samples
 from ssfilter.data.datasets import AnomalyDataset, Sample, discover, folder_samples
 from ssfilter.data.images import ImageReadError, read_image, scan_images, validate_images
 from ssfilter.data.transforms import build_image_transform
+from ssfilter.data.validation import prepare_training_samples
+from ssfilter.runfolder import SKIPPED_FILE
 
 needs_symlinks = pytest.mark.skipif(os.name != "posix", reason="needs POSIX symbolic links")
 

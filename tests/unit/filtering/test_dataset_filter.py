@@ -50,9 +50,9 @@ def cfg():
     cfg.model.decoder_dim = None
     cfg.model.decoder_heads = None
     cfg.train.device = "cpu"
-    cfg.filter.cold_start_iters = 3
-    cfg.filter.mc_passes = 3
-    cfg.filter.epochs, cfg.filter.min_keep = EPOCHS, 1
+    cfg.batch_filter.cold_start_iters = 3
+    cfg.batch_filter.mc_passes = 3
+    cfg.dataset_filter.epochs, cfg.dataset_filter.min_keep = EPOCHS, 1
     return cfg
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from ssfilter.errors import CalibrationError
 from ssfilter.inference.calibration import (
-    CALIBRATION_FILE,
     MAD_TO_SIGMA,
     Calibration,
     calibrate_from_labels,
@@ -18,6 +17,7 @@ from ssfilter.inference.calibration import (
     map_extrema,
     robust_threshold,
 )
+from ssfilter.runfolder import CALIBRATION_FILE
 
 
 def _cal(**kw: object) -> Calibration:

@@ -22,9 +22,10 @@ from ssfilter.data.datasets import discover  # noqa: E402
 from ssfilter.data.images import read_image  # noqa: E402
 from ssfilter.data.transforms import build_image_transform  # noqa: E402
 from ssfilter.inference import export as ex  # noqa: E402
-from ssfilter.inference.calibration import CALIBRATION_FILE, Calibration  # noqa: E402
+from ssfilter.inference.calibration import Calibration  # noqa: E402
 from ssfilter.inference.onnx_predictor import OnnxPredictor, preprocess, read_onnx_metadata  # noqa: E402
 from ssfilter.inference.predictor import Predictor  # noqa: E402
+from ssfilter.runfolder import CALIBRATION_FILE  # noqa: E402
 from ssfilter.training.checkpoint import build_model  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[3] / "src"

@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 from ssfilter.data.datasets import discover
 from ssfilter.filtering.batch_filter import BatchFilter, BatchSelection, Synthesis
 from ssfilter.filtering.synergy import synergy_select
-from ssfilter.training.checkpoint import MODEL_FILE, build_model
+from ssfilter.runfolder import FILTER_LOG_FILE, MODEL_FILE
+from ssfilter.training.checkpoint import build_model
 from ssfilter.training.losses import hard_cosine_loss
-from ssfilter.training.trainer import FILTER_FIELDS, FILTER_LOG_FILE, Trainer
+from ssfilter.training.trainer import FILTER_FIELDS, Trainer
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -26,7 +27,7 @@ def ssf_config(tiny_config):
     cfg = tiny_config
     cfg.train.method = "ssfilter"
     cfg.data.batch_size = 6
-    cfg.filter.tau = 0.5  # low, so that material candidates and restoration occur in a short run
+    cfg.batch_filter.tau = 0.5  # low, so that material candidates and restoration occur in a short run
     return cfg
 
 
@@ -58,8 +59,8 @@ def test_ssfilter_resume_is_identical(tmp_path: Path, synthetic_mvtec: Path, ssf
 def test_ablation_without_uncertainty_and_restoring(
     tmp_path: Path, synthetic_mvtec: Path, ssf_config
 ) -> None:
-    ssf_config.filter.uncertainty = False
-    ssf_config.filter.restoring = False
+    ssf_config.batch_filter.uncertainty = False
+    ssf_config.restoration.enabled = False
     Trainer(ssf_config, discover(synthetic_mvtec, "train"), tmp_path / "run", progress=False).fit()
     rows = _rows(tmp_path / "run" / FILTER_LOG_FILE)
     assert all(int(r["kept"]) == 3 and int(r["synthetic"]) == 0 and int(r["recalled"]) == 0 for r in rows)
@@ -68,8 +69,8 @@ def test_ablation_without_uncertainty_and_restoring(
 class _FixedFilter(BatchFilter):
     """Keeps everything and returns a fixed synthetic batch built from kept image 1."""
 
-    def __init__(self, cfg, synthetic: Synthesis) -> None:
-        super().__init__(cfg, total_iters=10)
+    def __init__(self, cfg, restoration, synthetic: Synthesis) -> None:
+        super().__init__(cfg, restoration, total_iters=10)
         self.synthetic = synthetic
 
     def select(self, iteration, model, feats, images=None) -> BatchSelection:
@@ -104,7 +105,13 @@ def test_restoration_target_is_the_clean_image(tmp_path: Path, ssf_config) -> No
     trainer._labels = torch.zeros(3, dtype=torch.long)
     feats = model.encode(images)
     loss, row = trainer._ssfilter_step(
-        0, model, _FixedFilter(ssf_config.filter, syn), [0, 1, 2], images, feats, 0.0
+        0,
+        model,
+        _FixedFilter(ssf_config.batch_filter, ssf_config.restoration, syn),
+        [0, 1, 2],
+        images,
+        feats,
+        0.0,
     )
     assert row["synthetic"] == 1
 

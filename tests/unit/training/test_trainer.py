@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from ssfilter.data.datasets import discover
-from ssfilter.training.checkpoint import LOG_FILE, MODEL_FILE, STATE_FILE, load_model, read_model_metadata
+from ssfilter.runfolder import LOG_FILE, MODEL_FILE, STATE_FILE
+from ssfilter.training.checkpoint import load_model, read_model_metadata
 from ssfilter.training.trainer import BatchPlan, Trainer
 
 

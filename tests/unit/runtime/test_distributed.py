@@ -9,8 +9,8 @@ import torch
 
 from ssfilter.models.anomaly_map import point_distance
 from ssfilter.models.dinomaly import _seeded_dropout
+from ssfilter.runtime.distributed import derive_seed, gather_rows, is_main_process, shard_bounds, world_size
 from ssfilter.training.checkpoint import build_model
-from ssfilter.training.distributed import derive_seed, gather_rows, is_main_process, shard_bounds, world_size
 from ssfilter.training.losses import hard_cosine_loss
 from ssfilter.training.trainer import _merge_filter_rows, dropout_row_seeds
 

@@ -1,0 +1,1 @@
+"""Where and how the work runs: device choice, seeding, multi-process (``torchrun``) helpers."""

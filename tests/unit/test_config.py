@@ -1,0 +1,115 @@
+"""Configs: presets, YAML round trip, overrides, and configs written before the filter section was split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ssfilter.config import (
+    CONFIG_VERSION,
+    Config,
+    apply_overrides,
+    get_preset,
+    load_config,
+    save_config,
+)
+
+#: The ``filter`` section exactly as configs of version 1 (ssfilter before the split) wrote it.
+V1_FILTER = {
+    "patch_scoring": True,
+    "uncertainty": False,
+    "urecall": True,
+    "restoring": False,
+    "cold_start_iters": 7,
+    "mc_passes": 4,
+    "tau": 3.5,
+    "patch_topk_ratio": 0.002,
+    "image_topk_ratio": 0.02,
+    "keep_ratio": 0.75,
+    "material_max_ratio": 0.7,
+    "material_percentile": 98.0,
+    "materials_min": 2,
+    "materials_max": 4,
+    "block_rows": 512,
+    "epochs": 9,
+    "min_keep": 3,
+}
+
+
+def _check_v1_values(cfg: Config) -> None:
+    bf, rs, df = cfg.batch_filter, cfg.restoration, cfg.dataset_filter
+    assert (bf.patch_scoring, bf.uncertainty, bf.urecall) == (True, False, True)
+    assert (bf.cold_start_iters, bf.mc_passes, bf.tau, bf.block_rows) == (7, 4, 3.5, 512)
+    assert (bf.patch_topk_ratio, bf.image_topk_ratio, bf.keep_ratio) == (0.002, 0.02, 0.75)
+    assert rs.enabled is False
+    assert (rs.material_max_ratio, rs.material_percentile, rs.materials_min, rs.materials_max) == (
+        0.7,
+        98.0,
+        2,
+        4,
+    )
+    assert (df.epochs, df.min_keep) == (9, 3)
+
+
+@pytest.mark.parametrize("name", ["paper-448-392", "paper-256-224", "cpu-fast"])
+def test_presets_round_trip_through_yaml(tmp_path: Path, name: str) -> None:
+    cfg = get_preset(name)
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text())["version"] == CONFIG_VERSION
+
+
+def test_version1_filter_section_is_spread_over_the_new_sections() -> None:
+    raw = get_preset("cpu-fast").to_dict()
+    for section in ("batch_filter", "restoration", "dataset_filter"):
+        del raw[section]
+    raw.update(version=1, filter=dict(V1_FILTER))
+    _check_v1_values(Config.from_dict(raw))
+
+
+def test_version1_file_naming_a_preset_overrides_only_its_keys(tmp_path: Path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        "preset: cpu-fast\nversion: 1\nfilter:\n  mc_passes: 6\n  restoring: false\n  epochs: 11\n"
+    )
+    cfg = load_config(path)
+    base = get_preset("cpu-fast")
+    assert cfg.batch_filter.mc_passes == 6 and cfg.restoration.enabled is False
+    assert cfg.dataset_filter.epochs == 11
+    # everything else is the preset's
+    assert cfg.batch_filter.cold_start_iters == base.batch_filter.cold_start_iters == 150
+    assert cfg.dataset_filter.min_keep == base.dataset_filter.min_keep
+
+
+def test_full_version1_file_loads(tmp_path: Path) -> None:
+    raw = get_preset("cpu-fast").to_dict()
+    for section in ("batch_filter", "restoration", "dataset_filter"):
+        del raw[section]
+    raw.update(version=1, filter=dict(V1_FILTER))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    _check_v1_values(load_config(path))
+
+
+def test_unknown_key_of_a_version1_filter_section_is_named() -> None:
+    with pytest.raises(ValueError, match="bogus"):
+        Config.from_dict({"version": 1, "filter": {"bogus": 1}})
+
+
+def test_overrides_accept_new_and_version1_names() -> None:
+    cfg = get_preset("cpu-fast")
+    apply_overrides(cfg, ["filter.restoring=false", "filter.mc_passes=5", "filter.min_keep=2"])
+    assert cfg.restoration.enabled is False
+    assert cfg.batch_filter.mc_passes == 5 and cfg.dataset_filter.min_keep == 2
+    apply_overrides(cfg, ["restoration.enabled=true", "batch_filter.tau=2.5", "dataset_filter.epochs=4"])
+    assert cfg.restoration.enabled is True
+    assert cfg.batch_filter.tau == 2.5 and cfg.dataset_filter.epochs == 4
+    with pytest.raises(ValueError, match="unknown config key"):
+        apply_overrides(cfg, ["batch_filter.epochs=3"])  # the dataset filter's, not the batch filter's
+
+
+def test_newer_config_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="newer"):
+        Config.from_dict({"version": CONFIG_VERSION + 1})
