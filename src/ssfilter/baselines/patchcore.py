@@ -27,38 +27,26 @@ Choices of this implementation (the paper leaves them open or the encoders diffe
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from ssfilter.baselines.coreset import greedy_coreset
+from ssfilter.baselines.fitting import fit_on_samples
+from ssfilter.baselines.nearest import nearest_distances
+from ssfilter.baselines.registry import register_baseline
 from ssfilter.config import DataConfig
-from ssfilter.data.datasets import AnomalyDataset, Sample
-from ssfilter.data.transforms import build_image_transform, build_mask_transform
-from ssfilter.evaluation.evaluate import EvaluationResult
-from ssfilter.evaluation.metrics import MetricAccumulator
+from ssfilter.data.datasets import Sample
 from ssfilter.io import atomic_path
 from ssfilter.models.anomaly_map import gaussian_blur
 from ssfilter.models.encoders import Encoder
 
-__all__ = [
-    "PatchCore",
-    "PatchCoreConfig",
-    "default_local_pool",
-    "evaluate_patchcore",
-    "farthest_point_sampling",
-    "fit_patchcore",
-    "greedy_coreset",
-    "nearest_distances",
-    "random_projection",
-]
+__all__ = ["PatchCore", "PatchCoreConfig", "batch_images", "default_local_pool", "fit_patchcore"]
 
 #: ``format`` entry of the safetensors metadata of a saved PatchCore model.
 FILE_FORMAT = "ssfilter-patchcore"
@@ -126,144 +114,7 @@ def default_local_pool(encoder: Encoder) -> int:
     return 1 if encoder.num_prefix == 0 else 3
 
 
-# ------------------------------------------------------------------------------------------------
-# Coreset and nearest neighbours
-
-
-def random_projection(features: Tensor, dim: int, seed: int) -> Tensor:
-    """Seeded Gaussian random projection ``[N, D] -> [N, dim]`` (Johnson-Lindenstrauss).
-
-    Entries are ``N(0, 1/dim)``, so squared distances are preserved in expectation. Features with
-    ``D <= dim`` are returned unchanged: projecting them would not make anything cheaper. The matrix is
-    drawn on the CPU, so the result does not depend on the device.
-    """
-    if features.shape[1] <= dim:
-        return features
-    gen = torch.Generator().manual_seed(seed)
-    matrix = torch.randn(features.shape[1], dim, generator=gen, dtype=torch.float32) / math.sqrt(dim)
-    return features @ matrix.to(device=features.device, dtype=features.dtype)
-
-
-def farthest_point_sampling(points: Tensor, num: int, start: int, progress: bool = False) -> Tensor:
-    """Greedy k-center selection: ``num`` indices, each the point farthest from those already chosen.
-
-    Starts at ``start`` and keeps every point's squared distance to its nearest chosen point, updated
-    with one matrix-vector product per step: O(N * num) time and O(N) extra memory. The loop never
-    synchronises with the device. Ties go to the lowest index. Computes in float32 (float64 stays float64).
-
-    Args:
-        points: ``[N, D]`` points.
-        num: Number of indices to select, ``1 <= num <= N``.
-        start: Index of the first selected point.
-        progress: Show a progress bar.
-
-    Returns:
-        ``[num]`` int64 indices in selection order, on the points' device.
-    """
-    n = points.shape[0]
-    if not 1 <= num <= n:
-        raise ValueError(f"num must be in [1, {n}], got {num}")
-    if not 0 <= start < n:
-        raise ValueError(f"start must be in [0, {n}), got {start}")
-    z = points if points.dtype == torch.float64 else points.float()
-    sq = (z * z).sum(dim=1)
-    selected = torch.empty(num, dtype=torch.long, device=z.device)
-    # ``idx`` stays a one-element tensor: indexing with it (unlike with a 0-d tensor or an int taken from
-    # the device) needs no host synchronisation, so the loop queues kernels without waiting on a GPU.
-    idx = torch.full((1,), start, dtype=torch.long, device=z.device)
-    min_dist = torch.full((n,), math.inf, dtype=z.dtype, device=z.device)
-    for i in tqdm(range(num), desc="coreset", unit="pt", disable=not progress, dynamic_ncols=True):
-        if i:
-            idx = torch.argmax(min_dist).view(1)
-        selected[i : i + 1] = idx
-        # ||z - c||^2 = ||z||^2 + ||c||^2 - 2 z.c, clamped at 0 against cancellation.
-        dist = (sq + sq[idx] - 2.0 * (z @ z[idx].squeeze(0))).clamp_min_(0.0)
-        torch.minimum(min_dist, dist, out=min_dist)
-        min_dist.index_fill_(0, idx, 0.0)  # a chosen point is never chosen again, whatever the rounding
-    return selected
-
-
-def coreset_size(n: int, ratio: float) -> int:
-    """Number of coreset points for ``n`` features: ``round(ratio * n)`` clipped to ``[1, n]``."""
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-    return max(1, min(n, round(ratio * n)))
-
-
-def greedy_coreset(
-    features: Tensor, ratio: float, projection_dim: int = 128, seed: int = 0, progress: bool = False
-) -> Tensor:
-    """Indices of a greedy coreset of ``features`` (PatchCore's memory-bank subsampling).
-
-    Farthest-point selection (:func:`farthest_point_sampling`) on the seeded random projection of the
-    features (:func:`random_projection`), from a seeded random start.
-
-    Args:
-        features: ``[N, D]`` patch features.
-        ratio: Share of features kept, in (0, 1]; 1.0 returns every index in order; at least one is kept.
-        projection_dim: Projection width for the distance computations.
-        seed: Seed of the projection and of the starting point.
-        progress: Show a progress bar.
-
-    Returns:
-        ``[M]`` int64 indices on the features' device, ``M = round(ratio * N)`` clipped to ``[1, N]``.
-    """
-    n = features.shape[0]
-    if n == 0:
-        raise ValueError("cannot select a coreset of zero features")
-    num = coreset_size(n, ratio)
-    if num == n:
-        return torch.arange(n, device=features.device)
-    gen = torch.Generator().manual_seed(seed)
-    start = int(torch.randint(n, (1,), generator=gen))
-    projected = random_projection(features.float(), projection_dim, seed)
-    return farthest_point_sampling(projected, num, start, progress=progress)
-
-
-def nearest_distances(
-    queries: Tensor, bank: Tensor, k: int = 1, chunk_size: int = 4096
-) -> tuple[Tensor, Tensor]:
-    """Euclidean distances and indices of the ``k`` nearest bank rows of every query, in query chunks.
-
-    Each chunk of ``chunk_size`` queries is compared with the whole bank by :func:`torch.cdist`, so memory
-    is O(chunk_size * M). The distances of the selected neighbours are then recomputed directly from the
-    differences: cdist's matrix-product path loses precision for near-identical vectors, and a training
-    patch found in memory should read 0, not 1e-3.
-
-    Args:
-        queries: ``[Q, D]``.
-        bank: ``[M, D]``.
-        k: Neighbours per query, ``1 <= k <= M``.
-        chunk_size: Queries per chunk.
-
-    Returns:
-        ``(dist [Q, k], idx [Q, k])``, ascending along ``k``.
-    """
-    if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
-        raise ValueError(f"expected [Q, D] and [M, D], got {tuple(queries.shape)} and {tuple(bank.shape)}")
-    if not 1 <= k <= bank.shape[0]:
-        raise ValueError(f"k must be in [1, {bank.shape[0]}] (bank size), got {k}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    dists: list[Tensor] = []
-    idxs: list[Tensor] = []
-    for start in range(0, queries.shape[0], chunk_size):
-        q = queries[start : start + chunk_size]
-        _, idx = torch.cdist(q, bank).topk(k, dim=1, largest=False)
-        exact = (q.unsqueeze(1) - bank[idx]).norm(dim=-1)
-        exact, order = exact.sort(dim=1)
-        dists.append(exact)
-        idxs.append(idx.gather(1, order))
-    if not dists:
-        return queries.new_zeros((0, k)), torch.zeros((0, k), dtype=torch.long, device=queries.device)
-    return torch.cat(dists), torch.cat(idxs)
-
-
-# ------------------------------------------------------------------------------------------------
-# Model
-
-
-def _batch_images(batch: Tensor | Mapping[str, Any]) -> Tensor:
+def batch_images(batch: Tensor | Mapping[str, Any]) -> Tensor:
     """The image tensor of a loader batch (a dict with ``"image"``) or of a plain tensor batch."""
     if isinstance(batch, Tensor):
         return batch
@@ -272,6 +123,7 @@ def _batch_images(batch: Tensor | Mapping[str, Any]) -> Tensor:
     raise TypeError(f"expected an image tensor or a dict with an 'image' tensor, got {type(batch).__name__}")
 
 
+@register_baseline("patchcore")
 class PatchCore(nn.Module):
     """PatchCore on a frozen :class:`~ssfilter.models.encoders.Encoder`.
 
@@ -284,11 +136,17 @@ class PatchCore(nn.Module):
         crop: Input side (the maps come out at this size); must fit the encoder's stride.
     """
 
+    #: Config class (a subclass's config extends PatchCore's).
+    config_type: ClassVar[type[PatchCoreConfig]] = PatchCoreConfig
+    #: ``format`` entry of the safetensors metadata of a saved model, and the model's name in messages.
+    file_format: ClassVar[str] = FILE_FORMAT
+    display_name: ClassVar[str] = "PatchCore"
+
     def __init__(self, encoder: Encoder, cfg: PatchCoreConfig | None = None, crop: int = 224) -> None:
         super().__init__()
         encoder.check_crop(crop)
         self.encoder = encoder
-        self.cfg = cfg or PatchCoreConfig(local_pool=default_local_pool(encoder))
+        self.cfg = cfg or self.config_type(local_pool=default_local_pool(encoder))
         self.crop = crop
         self.register_buffer("_bank", torch.empty(0, encoder.descriptor_dim), persistent=False)
         self._bank: Tensor
@@ -311,7 +169,7 @@ class PatchCore(nn.Module):
             RuntimeError: before :meth:`fit` or :meth:`load`.
         """
         if not self.is_fitted:
-            raise RuntimeError("PatchCore has no memory bank yet; call fit() or load() first")
+            raise RuntimeError(f"{self.display_name} has no memory bank yet; call fit() or load() first")
         return self._bank
 
     def set_memory_bank(self, bank: Tensor) -> None:
@@ -353,25 +211,51 @@ class PatchCore(nn.Module):
         Returns:
             ``self``, for chaining.
         """
-        parts = [self.features(_batch_images(batch)).flatten(0, 1) for batch in images]
+        parts = [self.features(batch_images(batch)) for batch in images]
         if not parts or sum(p.shape[0] for p in parts) == 0:
-            raise ValueError("PatchCore.fit got no training images")
+            raise ValueError(f"{self.display_name}.fit got no training images")
         feats = torch.cat(parts)
         del parts
-        cfg = self.cfg
-        index = greedy_coreset(feats, cfg.coreset_ratio, cfg.projection_dim, cfg.seed, progress=progress)
-        self._bank = feats[index].contiguous()
+        self.build_memory(feats, progress=progress)
         return self
+
+    def build_memory(self, feats: Tensor, progress: bool = False) -> None:
+        """Fill the memory bank from the training features ``[images, H*W, D]``: their greedy coreset."""
+        cfg = self.cfg
+        flat = feats.flatten(0, 1)
+        index = greedy_coreset(flat, cfg.coreset_ratio, cfg.projection_dim, cfg.seed, progress=progress)
+        self._bank = flat[index].contiguous()
 
     @torch.no_grad()
     def patch_scores(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Patch distances ``[B, H*W]``, patch features ``[B, H*W, D]`` and nearest entries ``[B, H*W]``."""
-        bank = self.memory_bank
+        """Patch scores ``[B, H*W]``, patch features ``[B, H*W, D]`` and nearest entries ``[B, H*W]``."""
         desc = self.features(images)
+        patch, nearest = self.patch_distances(desc)
+        return patch, desc, nearest
+
+    @torch.no_grad()
+    def patch_distances(self, desc: Tensor) -> tuple[Tensor, Tensor]:
+        """Patch scores ``[B, N]`` of features ``[B, N, D]`` and their nearest memory entries ``[B, N]``.
+
+        The score is the mean distance to the ``num_neighbors`` nearest memory entries.
+        """
+        bank = self.memory_bank
         b, n, d = desc.shape
         k = min(self.cfg.num_neighbors, bank.shape[0])
         dist, idx = nearest_distances(desc.reshape(b * n, d), bank, k, self.cfg.chunk_size)
-        return dist.mean(dim=1).view(b, n), desc, idx[:, 0].view(b, n)
+        return dist.mean(dim=1).view(b, n), idx[:, 0].view(b, n)
+
+    @torch.no_grad()
+    def score_features(self, desc: Tensor) -> tuple[Tensor, Tensor]:
+        """Patch scores ``[B, N]`` and image scores ``[B]`` of patch features ``[B, N, D]``.
+
+        The image score is the largest patch score, reweighted by Eq. 7 when ``cfg.reweight``.
+        """
+        patch, nearest = self.patch_distances(desc)
+        scores, argmax = patch.max(dim=1)
+        if self.cfg.reweight:
+            scores = self._reweight(scores, desc, argmax, nearest)
+        return patch, scores
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -404,10 +288,7 @@ class PatchCore(nn.Module):
         """
         if images.ndim != 4 or tuple(images.shape[-2:]) != (self.crop, self.crop):
             raise ValueError(f"expected images [B, 3, {self.crop}, {self.crop}], got {tuple(images.shape)}")
-        patch, desc, nearest = self.patch_scores(images)
-        scores, argmax = patch.max(dim=1)
-        if self.cfg.reweight:
-            scores = self._reweight(scores, desc, argmax, nearest)
+        patch, scores = self.score_features(self.features(images))
         h, w = self.grid
         maps = F.interpolate(
             patch.view(-1, 1, h, w), size=(self.crop, self.crop), mode="bilinear", align_corners=False
@@ -429,42 +310,47 @@ class PatchCore(nn.Module):
         from safetensors.torch import save_file
 
         metadata = {
-            "format": FILE_FORMAT,
+            "format": self.file_format,
             "version": str(FILE_VERSION),
             "config": json.dumps(asdict(self.cfg)),
             "crop": str(self.crop),
             "encoder": self.encoder.name,
         }
+        tensors = {name: t.cpu().contiguous() for name, t in self.state_tensors().items()}
         with atomic_path(path) as tmp:
-            save_file({"memory_bank": self.memory_bank.cpu().contiguous()}, str(tmp), metadata=metadata)
+            save_file(tensors, str(tmp), metadata=metadata)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The fitted state that :meth:`save` writes: the memory bank (a subclass adds its own)."""
+        return {"memory_bank": self.memory_bank}
+
+    def load_state_tensors(self, tensors: Mapping[str, Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned (the inverse of it)."""
+        self.set_memory_bank(tensors["memory_bank"])
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], encoder: Encoder) -> PatchCore:
         """Rebuild a saved model around ``encoder`` (the same backbone and weights it was fitted with).
 
         Raises:
-            ValueError: the file is not a PatchCore model, or was fitted with another backbone.
+            ValueError: the file is not a model of this class, or was fitted with another backbone.
         """
         from safetensors import safe_open
 
         with safe_open(os.fspath(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            if meta.get("format") != FILE_FORMAT:
-                raise ValueError(f"{path} is not an ssfilter PatchCore model")
+            if meta.get("format") != cls.file_format:
+                raise ValueError(f"{path} is not an ssfilter {cls.display_name} model")
             if int(meta.get("version", "0")) > FILE_VERSION:
                 raise ValueError(f"{path} was written by a newer ssfilter; upgrade to load it")
-            bank = fh.get_tensor("memory_bank")
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (not a dict)
         if meta.get("encoder") != encoder.name:
             raise ValueError(f"{path} was fitted with encoder {meta.get('encoder')!r}, not {encoder.name!r}")
-        model = cls(encoder, PatchCoreConfig.from_dict(json.loads(meta["config"])), int(meta["crop"]))
+        model = cls(encoder, cls.config_type.from_dict(json.loads(meta["config"])), int(meta["crop"]))
         device = next(iter(encoder.parameters()), torch.empty(0)).device
         model = model.to(device)
-        model.set_memory_bank(bank)
+        model.load_state_tensors(tensors)
         return model
-
-
-# ------------------------------------------------------------------------------------------------
-# Convenience: fitting and evaluating on sample lists
 
 
 def fit_patchcore(
@@ -487,66 +373,6 @@ def fit_patchcore(
         progress: Show progress bars (feature extraction, coreset).
         batch_size: Feature-extraction batch size; ``None`` uses ``data_cfg.batch_size``.
     """
-    device = torch.device(device)
-    transform = build_image_transform(data_cfg.resize, data_cfg.crop, encoder.mean, encoder.std)
-    loader = DataLoader(
-        AnomalyDataset(list(train_samples), transform),
-        batch_size=batch_size or data_cfg.batch_size,
-        shuffle=False,
-        num_workers=data_cfg.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    model = PatchCore(encoder, cfg, data_cfg.crop).to(device)
-    batches = tqdm(loader, desc="patchcore features", unit="batch", disable=not progress, dynamic_ncols=True)
-    return model.fit(batches, progress=progress)
-
-
-@torch.no_grad()
-def evaluate_patchcore(
-    model: PatchCore,
-    samples: Sequence[Sample],
-    data_cfg: DataConfig,
-    device: torch.device | str = "cpu",
-    batch_size: int | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """All SPEC §8 metrics of a fitted PatchCore on labelled test samples.
-
-    The same pipeline as :func:`ssfilter.evaluation.evaluate.evaluate_model`: maps resized bilinearly from
-    the crop to ``eval_size``, masks through the image geometry, binarised, then nearest-resized to
-    ``eval_size``. Pixel metrics are undefined when an anomalous image lacks a mask.
-
-    Returns:
-        ``{"metrics": {METRIC_KEYS...}, "n_test": int, "images": [{"path", "score", "label"}, ...]}``.
-    """
-    device = torch.device(device)
-    model = model.to(device).eval()
-    size = data_cfg.eval_size
-    transform = build_image_transform(data_cfg.resize, data_cfg.crop, model.encoder.mean, model.encoder.std)
-    mask_transform = build_mask_transform(data_cfg.resize, data_cfg.crop)
-    dataset = AnomalyDataset(list(samples), transform, mask_transform, eval_size=size)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size or data_cfg.batch_size,
-        shuffle=False,
-        num_workers=data_cfg.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    acc = MetricAccumulator()
-    result = EvaluationResult(metrics={}, n_test=len(dataset))
-    bar = tqdm(loader, desc="evaluate patchcore", unit="batch", disable=not progress, dynamic_ncols=True)
-    for batch in bar:
-        maps, scores = model.predict(batch["image"].to(device, non_blocking=True))
-        if tuple(maps.shape[-2:]) != (size, size):
-            maps = F.interpolate(
-                maps.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False
-            ).squeeze(1)
-        labels = batch["label"].numpy().astype(int)
-        has_mask = batch["has_mask"].numpy().astype(bool)
-        masks = None if ((labels == 1) & ~has_mask).any() else (batch["mask"][:, 0] > 0.5).numpy()
-        acc.update(scores.cpu().numpy(), labels, maps.cpu().numpy(), masks)
-        result.paths.extend(batch["path"])
-        result.scores.extend(float(s) for s in scores.cpu())
-        result.labels.extend(int(v) for v in labels)
-    result.metrics = acc.compute()
-    return result.to_json()
+    model = PatchCore(encoder, cfg, data_cfg.crop)
+    fit_on_samples(model, train_samples, data_cfg, device=device, progress=progress, batch_size=batch_size)
+    return model

@@ -230,14 +230,15 @@ def _filter_stats(summary: dict[str, Any]) -> dict[str, Any]:
 def _patchcore(
     cfg: Config, train: Sequence[Sample], test: Sequence[Sample], progress: bool
 ) -> dict[str, float | None]:
-    from ssfilter.baselines.patchcore import evaluate_patchcore, fit_patchcore
+    from ssfilter.baselines.patchcore import fit_patchcore
+    from ssfilter.evaluation.evaluate import evaluate_baseline
     from ssfilter.models.encoders import build_encoder
     from ssfilter.runtime.device import resolve_device
 
     device = resolve_device(cfg.train.device)
     encoder = build_encoder(cfg.model.backbone, cfg.model.weights, allow_random=cfg.model.random_init)
     model = fit_patchcore(train, encoder, cfg.data, device=device, progress=progress)
-    return evaluate_patchcore(model, test, cfg.data, device=device, progress=progress)["metrics"]
+    return evaluate_baseline(model, test, cfg.data, device=device, progress=progress).metrics
 
 
 def _pct(value: float | None) -> str:

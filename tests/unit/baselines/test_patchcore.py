@@ -9,20 +9,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ssfilter.baselines.patchcore import (
-    PatchCore,
-    PatchCoreConfig,
-    default_local_pool,
-    evaluate_patchcore,
-    farthest_point_sampling,
-    fit_patchcore,
-    greedy_coreset,
-    nearest_distances,
-    random_projection,
-)
+from ssfilter.baselines.coreset import farthest_point_sampling, greedy_coreset, random_projection
+from ssfilter.baselines.nearest import nearest_distances
+from ssfilter.baselines.patchcore import PatchCore, PatchCoreConfig, default_local_pool, fit_patchcore
 from ssfilter.config import DataConfig
 from ssfilter.data.datasets import AnomalyDataset, mvtec_samples
 from ssfilter.data.transforms import build_image_transform
+from ssfilter.evaluation.evaluate import evaluate_baseline
 from ssfilter.evaluation.metrics import METRIC_KEYS
 from ssfilter.models.encoders import Encoder, build_encoder
 
@@ -335,7 +328,7 @@ def test_evaluate_patchcore_metrics(
     synthetic_mvtec: Path, full_model: PatchCore, data_cfg: DataConfig
 ) -> None:
     samples = mvtec_samples(synthetic_mvtec, "test")
-    result = evaluate_patchcore(full_model, samples, data_cfg, batch_size=5)
+    result = evaluate_baseline(full_model, samples, data_cfg, batch_size=5).to_json()
     assert result["n_test"] == len(samples) == 9
     assert set(result["metrics"]) == set(METRIC_KEYS)
     for key, value in result["metrics"].items():
