@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default="ssfilter,dinomaly",
-        help="comma separated: ssfilter, dinomaly, patchcore, dinomaly+filter, patchcore+filter",
+        help="comma separated: ssfilter, dinomaly, patchcore, softpatch; X+filter for any X but ssfilter",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (results.json, results.md, runs)")
     p.add_argument(
@@ -322,7 +322,7 @@ def _cmd_filter(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from ssfilter.evaluation.benchmark import parse_methods, run_benchmark
+    from ssfilter.pipelines.benchmark import parse_methods, run_benchmark
 
     methods = parse_methods(args.methods)
     try:
@@ -419,7 +419,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ssfilter.demo import run_demo
+    from ssfilter.pipelines.demo import run_demo
 
     run_demo(args.out, weights=args.weights, progress=not args.quiet)
     return 0

@@ -7,7 +7,7 @@ import pytest
 
 from ssfilter.cli import main
 from ssfilter.config import save_config
-from ssfilter.evaluation.benchmark import parse_methods, results_markdown
+from ssfilter.pipelines.benchmark import parse_methods, results_markdown
 
 
 def test_parse_methods() -> None:
@@ -91,3 +91,40 @@ def test_benchmark_resume_keeps_finished_rows_and_filter(
     # Everything finished: a further resume recomputes nothing.
     assert main([*args, "--resume"]) == 0
     assert json.loads(results.read_text())["rows"] == resumed["rows"]
+
+
+def test_method_registry_follows_the_baseline_registry() -> None:
+    from ssfilter.baselines.registry import BASELINES, register_baseline
+    from ssfilter.pipelines.methods import method_names
+
+    names = method_names()
+    assert names[:4] == ["ssfilter", "dinomaly", "patchcore", "softpatch"]
+    assert {"dinomaly+filter", "patchcore+filter", "softpatch+filter"} <= set(names)
+    assert "ssfilter+filter" not in names
+    assert parse_methods("softpatch, softpatch+filter") == ["softpatch", "softpatch+filter"]
+    register_baseline("newbaseline")(type("NewBaseline", (), {}))
+    try:  # a registered baseline is a benchmark method, with and without the filter
+        assert parse_methods("newbaseline,newbaseline+filter") == ["newbaseline", "newbaseline+filter"]
+    finally:
+        BASELINES.pop("newbaseline")
+    with pytest.raises(ValueError, match="unknown benchmark method"):
+        parse_methods("newbaseline")
+
+
+def test_benchmark_softpatch(tmp_path: Path, synthetic_mvtec: Path, tiny_config) -> None:
+    tiny_config.train.iters = 2
+    tiny_config.dataset_filter.epochs = 2
+    tiny_config.dataset_filter.min_keep = 0
+    cfg = tmp_path / "cfg.yaml"
+    save_config(tiny_config, cfg)
+    out = tmp_path / "bench"
+    methods = "patchcore,softpatch,softpatch+filter"
+    args = ["-q", "benchmark", "--data", str(synthetic_mvtec), "--alphas", "0.25", "--overlap"]
+    assert main([*args, "--methods", methods, "--config", str(cfg), "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == methods.split(",")
+    for r in rows:
+        assert r["metrics"]["I-AUROC"] is not None and 0.0 <= r["metrics"]["I-AUROC"] <= 1.0
+    assert rows[0]["n_train"] == rows[1]["n_train"] == 10  # 8 good + 2 injected
+    assert rows[2]["filter"]["noise_rate_before"] == 0.2 and rows[2]["n_train"] <= 10
+    assert "| softpatch+filter |" in (out / "results.md").read_text()

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from ssfilter.cli import main
 from ssfilter.config import save_config
-from ssfilter.demo import DemoSettings, demo_config, detect_backbone, find_demo_weights, run_demo
+from ssfilter.pipelines.demo import DemoSettings, demo_config, detect_backbone, find_demo_weights, run_demo
 from ssfilter.reporting.html import ASSETS_DIR
 
 
@@ -154,5 +154,7 @@ def test_demo_weights_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert find_demo_weights() == str(mobilenet)
     assert find_demo_weights(vit) == str(vit)  # an explicit file wins
     monkeypatch.delenv("SSFILTER_DEMO_WEIGHTS")
-    monkeypatch.setattr("ssfilter.demo._HF_DINOV2", ("ssfilter-tests/no-such-repo", "model.safetensors"))
+    monkeypatch.setattr(
+        "ssfilter.pipelines.demo._HF_DINOV2", ("ssfilter-tests/no-such-repo", "model.safetensors")
+    )
     assert find_demo_weights() is None

@@ -1005,7 +1005,7 @@ def benchmark_section(rows: Sequence[dict[str, Any]], links: Sequence[tuple[str,
         rows: ``results.json`` rows (``method``, ``alpha``, ``metrics``, ``filter``, ...).
         links: ``(text, relative href)`` links to the benchmark's data files.
     """
-    from ssfilter.evaluation.benchmark import results_tables
+    from ssfilter.pipelines.benchmark import results_tables
 
     tables = results_tables(rows)
     parts = ['<section id="benchmark"><h2>Benchmark</h2>']

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssfilter.evaluation.benchmark import results_markdown, results_tables
 from ssfilter.evaluation.metrics import METRIC_KEYS, MetricAccumulator
 from ssfilter.filtering.dataset_filter import FilterRecord, FilterRecords, summarize, write_filter_outputs
+from ssfilter.pipelines.benchmark import results_markdown, results_tables
 from ssfilter.reporting.html import (
     ASSETS_DIR,
     REPORT_FILE,

@@ -1,9 +1,11 @@
 """``ssfilter benchmark``: methods x noise levels on one data set, in one command (SPEC §7, §11).
 
 For every alpha the SoftPatch protocol builds one noisy training set and test set; every method is
-trained on it and evaluated with the same metrics. ``X+filter`` trains X on the images that a
-trained SSFilter kept when filtering that noisy training set (paper §3.6, Table 1 lower half); the
-SSFilter run and its filter decisions are shared by all ``+filter`` methods of an alpha.
+trained on it and evaluated with the same metrics. The methods come from the method registry
+(:mod:`ssfilter.pipelines.methods`: dinomaly, ssfilter and every registered baseline). ``X+filter``
+trains X on the images that a trained SSFilter kept when filtering that noisy training set (paper §3.6,
+Table 1 lower half); the SSFilter run and its filter decisions are shared by all ``+filter`` methods of an
+alpha.
 
 Outputs in ``out``: ``results.json`` (``{"rows": [{"method", "alpha", "overlap", "metrics", "filter"}]}``),
 ``results.md`` (I-AUROC/P-AUPRO per alpha and their mean, like the paper's tables, plus the
@@ -21,31 +23,25 @@ import csv
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ssfilter.config import Config
 from ssfilter.data.datasets import Sample
+from ssfilter.errors import RunExistsError
 from ssfilter.io import atomic_write_json, atomic_write_text
+from ssfilter.pipelines.methods import (
+    FILTER_SUFFIX,
+    MethodContext,
+    base_method,
+    method_registry,
+    parse_methods,
+    train_run,
+)
 from ssfilter.runfolder import FILTER_CSV, FILTER_JSON, NOISE_SPLIT_FILE, SKIPPED_FILE
 
-__all__ = ["BASE_METHODS", "parse_methods", "results_markdown", "results_tables", "run_benchmark"]
-
-BASE_METHODS = ("ssfilter", "dinomaly", "patchcore")
-
-
-def parse_methods(text: str | Sequence[str]) -> list[str]:
-    """Validate a method list such as ``"dinomaly,ssfilter,patchcore,patchcore+filter"``."""
-    items = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
-    if not items:
-        raise ValueError("no methods given")
-    for m in items:
-        base = m.removesuffix("+filter")
-        if base not in BASE_METHODS or (m.endswith("+filter") and base == "ssfilter"):
-            allowed = [*BASE_METHODS, "dinomaly+filter", "patchcore+filter"]
-            raise ValueError(f"unknown benchmark method {m!r}; choose from {', '.join(allowed)}")
-    return items
+__all__ = ["parse_methods", "results_markdown", "results_tables", "run_benchmark"]
 
 
 def run_benchmark(
@@ -66,7 +62,7 @@ def run_benchmark(
     Args:
         data: MVTec-layout category folder.
         alphas: Noise levels of the SoftPatch protocol.
-        methods: Method names (see :func:`parse_methods`).
+        methods: Method names (see :func:`~ssfilter.pipelines.methods.parse_methods`).
         cfg: Configuration shared by all methods.
         out: Output folder.
         overlap: Keep the injected anomalies in the test set.
@@ -82,78 +78,22 @@ def run_benchmark(
         RunExistsError: ``out`` holds a benchmark and neither ``resume`` nor ``overwrite`` is set.
         ValueError: Both ``resume`` and ``overwrite`` are set.
     """
-    from ssfilter.data.noise import contamination, softpatch_split
-
     methods = parse_methods(methods)
     out = Path(out)
-    if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    existing = [p.name for p in sorted(out.glob("alpha_*"))]
-    if (out / "results.json").exists():
-        existing.insert(0, "results.json")
-    if existing and not (resume or overwrite):
-        from ssfilter.errors import RunExistsError
-
-        raise RunExistsError(
-            f"{out} already holds a benchmark ({', '.join(existing[:4])}); pass --resume to continue it or "
-            "--overwrite to start over"
-        )
-    rows: list[dict[str, Any]] = []
-    previous_seconds = 0.0
-    if resume and (out / "results.json").is_file():
-        done = json.loads((out / "results.json").read_text(encoding="utf-8"))
-        rows = [r for r in done.get("rows", []) if r.get("overlap") == overlap]
-        previous_seconds = float(done.get("seconds", 0.0))
+    rows, previous_seconds = _start(out, overlap, resume, overwrite)
     started = time.perf_counter()
 
     def elapsed() -> float:
         return round(previous_seconds + time.perf_counter() - started, 1)
 
+    def save(row: dict[str, Any]) -> None:
+        rows.append(row)
+        atomic_write_json(out / "results.json", {"rows": rows, "seconds": elapsed()})
+
     for alpha in alphas:
         todo = [m for m in methods if not any(r["method"] == m and r["alpha"] == alpha for r in rows)]
-        if not todo:
-            continue
-        train, test, split = softpatch_split(data, alpha, overlap=overlap, seed=noise_seed)
-        folder = out / f"alpha_{alpha:g}"
-        split.save(folder / NOISE_SPLIT_FILE)
-        train, test = _readable(train, test, folder)
-        ssf_model = None
-        kept: list[Sample] | None = None
-        filter_stats = None
-        if "ssfilter" in todo or any(m.endswith("+filter") for m in todo):
-            t0 = time.perf_counter()
-            ssf_model = _train(cfg, "ssfilter", train, folder / "ssfilter", progress, resume)
-            ssf_train_seconds = round(time.perf_counter() - t0, 1)
-        if any(m.endswith("+filter") for m in todo):
-            kept, filter_stats = _filter(ssf_model, train, cfg, folder / "filter", progress, resume)
-            filter_stats["noise_rate_before"] = contamination(train)["noise_rate"]
-        for method in todo:
-            t0 = time.perf_counter()
-            base = method.removesuffix("+filter")
-            samples = kept if method.endswith("+filter") else train
-            assert samples is not None
-            if base == "patchcore":
-                metrics = _patchcore(cfg, samples, test, progress)
-            else:
-                model = (
-                    ssf_model
-                    if method == "ssfilter"
-                    else _train(cfg, base, samples, folder / method, progress, resume)
-                )
-                metrics = _evaluate(model, test, cfg, progress)
-            rows.append(
-                {
-                    "method": method,
-                    "alpha": alpha,
-                    "overlap": overlap,
-                    "metrics": metrics,
-                    "filter": filter_stats if method.endswith("+filter") else None,
-                    "n_train": len(samples),
-                    "seconds": round(time.perf_counter() - t0, 1)
-                    + (ssf_train_seconds if method == "ssfilter" else 0.0),
-                }
-            )
-            atomic_write_json(out / "results.json", {"rows": rows, "seconds": elapsed()})
+        if todo:
+            _run_alpha(data, alpha, todo, cfg, out, overlap, noise_seed, progress, resume, save)
     payload = {"rows": rows, "seconds": elapsed(), "data": str(data)}
     atomic_write_json(out / "results.json", payload)
     atomic_write_text(out / "results.md", results_markdown(rows))
@@ -161,6 +101,79 @@ def run_benchmark(
 
     write_benchmark_report(out, rows, subtitle=f"data: {data}; overlap: {overlap}")
     return payload
+
+
+def _start(out: Path, overlap: bool, resume: bool, overwrite: bool) -> tuple[list[dict[str, Any]], float]:
+    """Check ``out`` and return the finished rows (of this ``overlap``) and seconds to continue from."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    existing = [p.name for p in sorted(out.glob("alpha_*"))]
+    if (out / "results.json").exists():
+        existing.insert(0, "results.json")
+    if existing and not (resume or overwrite):
+        raise RunExistsError(
+            f"{out} already holds a benchmark ({', '.join(existing[:4])}); pass --resume to continue it or "
+            "--overwrite to start over"
+        )
+    if resume and (out / "results.json").is_file():
+        done = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        rows = [r for r in done.get("rows", []) if r.get("overlap") == overlap]
+        return rows, float(done.get("seconds", 0.0))
+    return [], 0.0
+
+
+def _run_alpha(
+    data: str | Path,
+    alpha: float,
+    todo: Sequence[str],
+    cfg: Config,
+    out: Path,
+    overlap: bool,
+    noise_seed: int,
+    progress: bool,
+    resume: bool,
+    save: Callable[[dict[str, Any]], None],
+) -> None:
+    """Run the unfinished methods ``todo`` at noise level ``alpha``; ``save`` each row as it finishes.
+
+    The shared SSFilter run is trained first when a method needs it or a ``+filter`` method runs, then
+    the dataset-level filter when a ``+filter`` method runs, then every method in order.
+    """
+    from ssfilter.data.noise import contamination, softpatch_split
+
+    registry = method_registry()
+    train, test, split = softpatch_split(data, alpha, overlap=overlap, seed=noise_seed)
+    folder = out / f"alpha_{alpha:g}"
+    split.save(folder / NOISE_SPLIT_FILE)
+    train, test = _readable(train, test, folder)
+    ctx = MethodContext(cfg, test, folder, progress=progress, resume=resume)
+    filtered = any(m.endswith(FILTER_SUFFIX) for m in todo)
+    kept: list[Sample] = []
+    filter_stats = None
+    if filtered or any(registry[base_method(m)].needs_ssfilter_run for m in todo):
+        t0 = time.perf_counter()
+        ctx.ssfilter_model = train_run(cfg, "ssfilter", train, folder / "ssfilter", progress, resume)
+        ctx.ssfilter_seconds = round(time.perf_counter() - t0, 1)
+    if filtered:
+        kept, filter_stats = _filter(ctx.ssfilter_model, train, cfg, folder / "filter", progress, resume)
+        filter_stats["noise_rate_before"] = contamination(train)["noise_rate"]
+    for name in todo:
+        t0 = time.perf_counter()
+        method = registry[base_method(name)]
+        samples = kept if name.endswith(FILTER_SUFFIX) else train
+        metrics = method.run(ctx, samples, folder / name)
+        save(
+            {
+                "method": name,
+                "alpha": alpha,
+                "overlap": overlap,
+                "metrics": metrics,
+                "filter": filter_stats if name.endswith(FILTER_SUFFIX) else None,
+                "n_train": len(samples),
+                "seconds": round(time.perf_counter() - t0, 1)
+                + (ctx.ssfilter_seconds if method.needs_ssfilter_run else 0.0),
+            }
+        )
 
 
 def _readable(
@@ -178,28 +191,10 @@ def _readable(
     return kept_train, kept_test
 
 
-def _train(
-    cfg: Config, method: str, samples: Sequence[Sample], run: Path, progress: bool, resume: bool = False
-) -> Any:
-    from ssfilter.training.checkpoint import load_model
-    from ssfilter.training.trainer import Trainer
-
-    c = cfg.copy()
-    c.train.method = method
-    Trainer(c, samples, run, progress=progress).fit(resume=resume)
-    return load_model(run, c)
-
-
-def _evaluate(model: Any, test: Sequence[Sample], cfg: Config, progress: bool) -> dict[str, float | None]:
-    from ssfilter.evaluation.evaluate import evaluate_model
-
-    device = next(model.parameters()).device
-    return evaluate_model(model, test, cfg, device=device, progress=progress).metrics
-
-
 def _filter(
     model: Any, train: Sequence[Sample], cfg: Config, out: Path, progress: bool, resume: bool = False
 ) -> tuple[list[Sample], dict[str, Any]]:
+    """Dataset-level filter of ``train`` with the shared SSFilter model (reused when already finished)."""
     from ssfilter.filtering.dataset_filter import filter_dataset, summarize, write_filter_outputs
 
     csv_path, json_path = out / FILTER_CSV, out / FILTER_JSON
@@ -219,26 +214,13 @@ def _filter(
 
 
 def _filter_stats(summary: dict[str, Any]) -> dict[str, Any]:
+    """The filter-quality entries of a benchmark row."""
     return {
         "noise_rate_after": summary["noise_rate_after"],
         "normal_kept": summary["normal_kept"],
         "anomalies_removed": summary["anomalies_removed"],
         "n_kept": summary["n_kept"],
     }
-
-
-def _patchcore(
-    cfg: Config, train: Sequence[Sample], test: Sequence[Sample], progress: bool
-) -> dict[str, float | None]:
-    from ssfilter.baselines.patchcore import fit_patchcore
-    from ssfilter.evaluation.evaluate import evaluate_baseline
-    from ssfilter.models.encoders import build_encoder
-    from ssfilter.runtime.device import resolve_device
-
-    device = resolve_device(cfg.train.device)
-    encoder = build_encoder(cfg.model.backbone, cfg.model.weights, allow_random=cfg.model.random_init)
-    model = fit_patchcore(train, encoder, cfg.data, device=device, progress=progress)
-    return evaluate_baseline(model, test, cfg.data, device=device, progress=progress).metrics
 
 
 def _pct(value: float | None) -> str:

@@ -207,11 +207,11 @@ def run_demo(
     """
     import torch
 
-    from ssfilter.api import Detector
     from ssfilter.data.datasets import LABEL_ANOMALOUS, discover
     from ssfilter.evaluation.evaluate import evaluate_model
     from ssfilter.filtering.dataset_filter import filter_dataset, summarize, write_filter_outputs
     from ssfilter.io import atomic_write_json
+    from ssfilter.pipelines.training_run import fit_run
     from ssfilter.reporting.examples import build_evaluate_report
     from ssfilter.reporting.html import ReportAssets, evaluate_section, filter_section, write_report
     from ssfilter.runtime.device import resolve_device
@@ -254,7 +254,7 @@ def run_demo(
     # 1. train SSFilter on the noisy training folder (the hidden defects are labelled "good" there)
     run = out / "run"
     t0 = time.perf_counter()
-    Detector(cfg).fit(data, run, progress=progress)
+    fit_run(cfg, data, run, progress=progress)
     train_s = time.perf_counter() - t0
     cfg, model = load_run(run, resolve_device(cfg.train.device))
     device = next(model.parameters()).device

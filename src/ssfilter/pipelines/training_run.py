@@ -1,0 +1,106 @@
+"""Train one run folder end to end: samples, training, data record, filter summary, calibration.
+
+This is the wiring behind ``Detector.fit`` at the pipelines layer, so that pipelines (the demo) can train a
+run folder without importing the API on top of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ssfilter.config import Config
+from ssfilter.data.validation import prepare_training_samples
+from ssfilter.errors import RunExistsError
+from ssfilter.io import atomic_write_json
+from ssfilter.runfolder import (
+    FILTER_LOG_FILE,
+    FILTER_SUMMARY_FILE,
+    MODEL_FILE,
+    NOISE_SPLIT_FILE,
+    STATE_FILE,
+    write_data_record,
+)
+from ssfilter.runtime.distributed import is_main_process
+from ssfilter.training.filter_log import summarize_filter_log
+from ssfilter.training.trainer import Trainer, TrainResult
+
+__all__ = ["fit_run"]
+
+log = logging.getLogger(__name__)
+
+
+def fit_run(
+    cfg: Config,
+    data: str | Path,
+    run: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    noise: float | None = None,
+    overlap: bool = False,
+    noise_seed: int = 0,
+) -> TrainResult:
+    """Train on the images under ``data`` and write the run folder ``run`` (what ``Detector.fit`` does).
+
+    Args:
+        cfg: The run's configuration.
+        data: An MVTec-layout category (``train/good`` is used) or any folder of images.
+        run: Run folder. An existing finished run is never overwritten unless ``overwrite``.
+        resume: Continue from the run's last checkpoint.
+        overwrite: Allow replacing a finished run.
+        progress: Show progress bars.
+        stop_after: Stop after this many iterations (tests of interruption).
+        noise: Inject this share of anomalous test images into training (SoftPatch protocol).
+        overlap: Keep the injected images in the test set too (the hard setting).
+        noise_seed: Seed of the injected selection.
+
+    Raises:
+        RunExistsError: ``run`` holds a trained model and neither ``resume`` nor ``overwrite`` is set.
+    """
+    run = Path(run)
+    if (run / MODEL_FILE).exists() and not resume and not overwrite:
+        raise RunExistsError(
+            f"{run} already holds a trained model; pass --resume to continue it or --overwrite to replace it"
+        )
+    # Under torchrun every process trains; only rank 0 writes run files (is_main_process).
+    main = is_main_process()
+    if overwrite and not resume and main:
+        (run / STATE_FILE).unlink(missing_ok=True)
+    if resume and (run / NOISE_SPLIT_FILE).is_file():
+        from ssfilter.data.noise import NoiseSplit
+
+        saved = NoiseSplit.load(run / NOISE_SPLIT_FILE)
+        noise, overlap, noise_seed = saved.alpha, saved.overlap, saved.seed
+    samples, _ = prepare_training_samples(
+        data, run if main else None, noise=noise, overlap=overlap, noise_seed=noise_seed
+    )
+    result = Trainer(cfg, samples, run, progress=progress, stop_after=stop_after).fit(resume=resume)
+    if not main:
+        return result
+    write_data_record(run, data, len(samples))
+    finished = result.iterations == cfg.train.iters
+    if (run / FILTER_LOG_FILE).is_file() and finished:
+        summary = summarize_filter_log(run / FILTER_LOG_FILE)
+        atomic_write_json(run / FILTER_SUMMARY_FILE, summary)
+        if summary["abnormal_recall"] is not None:
+            log.info(
+                "abnormal recall in the second half of training: %.3f (normals discarded: %.3f)",
+                summary["abnormal_recall"],
+                summary["normal_discard_rate"],
+            )
+    log.info("trained %d iterations in %.1fs", result.iterations, result.seconds)
+    if cfg.calibration.after_training and finished:
+        from ssfilter.inference.predictor import Predictor
+        from ssfilter.runtime.device import resolve_device
+        from ssfilter.training.checkpoint import load_run
+
+        _, model = load_run(run, resolve_device(cfg.train.device))
+        cal = Predictor(model, cfg, None, run_dir=run).calibrate_unlabelled(
+            [s.path for s in samples], progress=progress
+        )
+        cal.save(run)
+        log.info("calibration: %s", cal.rule)
+    return result
