@@ -83,24 +83,32 @@ def fit_run(
     write_data_record(run, data, len(samples))
     finished = result.iterations == cfg.train.iters
     if (run / FILTER_LOG_FILE).is_file() and finished:
-        summary = summarize_filter_log(run / FILTER_LOG_FILE)
-        atomic_write_json(run / FILTER_SUMMARY_FILE, summary)
-        if summary["abnormal_recall"] is not None:
-            log.info(
-                "abnormal recall in the second half of training: %.3f (normals discarded: %.3f)",
-                summary["abnormal_recall"],
-                summary["normal_discard_rate"],
-            )
+        _summarize_filter(run)
     log.info("trained %d iterations in %.1fs", result.iterations, result.seconds)
     if cfg.calibration.after_training and finished:
-        from ssfilter.inference.predictor import Predictor
-        from ssfilter.runtime.device import resolve_device
-        from ssfilter.training.checkpoint import load_run
-
-        _, model = load_run(run, resolve_device(cfg.train.device))
-        cal = Predictor(model, cfg, None, run_dir=run).calibrate_unlabelled(
-            [s.path for s in samples], progress=progress
-        )
-        cal.save(run)
-        log.info("calibration: %s", cal.rule)
+        _calibrate(cfg, run, [s.path for s in samples], progress)
     return result
+
+
+def _summarize_filter(run: Path) -> None:
+    """Write the in-batch filter's summary of a finished SSFilter run (``filter_summary.json``)."""
+    summary = summarize_filter_log(run / FILTER_LOG_FILE)
+    atomic_write_json(run / FILTER_SUMMARY_FILE, summary)
+    if summary["abnormal_recall"] is not None:
+        log.info(
+            "abnormal recall in the second half of training: %.3f (normals discarded: %.3f)",
+            summary["abnormal_recall"],
+            summary["normal_discard_rate"],
+        )
+
+
+def _calibrate(cfg: Config, run: Path, paths: list[str], progress: bool) -> None:
+    """Calibrate the finished run on its own (unlabelled) training images; write ``calibration.json``."""
+    from ssfilter.inference.predictor import Predictor
+    from ssfilter.runtime.device import resolve_device
+    from ssfilter.training.checkpoint import load_run
+
+    _, model = load_run(run, resolve_device(cfg.train.device))
+    cal = Predictor(model, cfg, None, run_dir=run).calibrate_unlabelled(paths, progress=progress)
+    cal.save(run)
+    log.info("calibration: %s", cal.rule)
