@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ssfilter.config import Config, apply_overrides, get_preset, load_config
+from ssfilter.config import Config, apply_overrides, get_preset, load_config, shortcut_overrides
 from ssfilter.data.datasets import Sample, discover, is_mvtec_layout
 from ssfilter.data.images import Skipped, write_skipped_csv
 from ssfilter.data.validation import prepare_training_samples, validate_samples
@@ -80,7 +80,7 @@ class Detector:
 
     def __init__(self, config: Config | str | Path | None = None, **overrides: Any) -> None:
         self.config = _resolve_config(config)
-        apply_overrides(self.config, _shortcut_overrides(overrides))
+        apply_overrides(self.config, shortcut_overrides(overrides))
         self.model = None
         self.run_dir: Path | None = None
         self.data: Path | None = None
@@ -491,27 +491,6 @@ class Detector:
     def info(self) -> dict[str, Any]:
         """Parameter counts and GFLOPs of this configuration (see :func:`model_info`)."""
         return model_info(self.config)
-
-
-def _shortcut_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    mapping = {
-        "backbone": "model.backbone",
-        "weights": "model.weights",
-        "attention": "model.attention",
-        "iters": "train.iters",
-        "batch_size": "data.batch_size",
-        "device": "train.device",
-        "method": "train.method",
-        "seed": "train.seed",
-        "crop": "data.crop",
-        "resize": "data.resize",
-    }
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        out[mapping.get(key, key)] = value
-    return out
 
 
 def model_info(cfg: Config) -> dict[str, Any]:
