@@ -120,10 +120,8 @@ def calibrate_unsupervised(
 ) -> Calibration:
     """Thresholds from unlabelled (mostly normal) images by the module's robust rule.
 
-    ``image_threshold = median(s) + k * 1.4826 * MAD(s)`` over the raw scores; images below it are
-    kept as normal. ``pixel_threshold = median(x) + pixel_k * 1.4826 * MAD(x)`` over the per-image map
-    maxima ``x`` of all images (robust to the anomalous minority). ``score_min`` is the smallest kept
-    score and ``map_min`` the median of the kept images' map minima; the upper ends are symmetric.
+    ``image_threshold = median(s) + k * 1.4826 * MAD(s)`` over the raw scores (images below it are
+    kept as normal); ``pixel_threshold``: the same rule with ``pixel_k`` over the per-image map maxima.
     Without map statistics the pixel scale falls back to the score scale (the score is a mean of top
     pixels, so the two are on the same axis).
 
@@ -145,13 +143,8 @@ def calibrate_unsupervised(
     if not kept.any():
         kept = np.isfinite(s)
     score_min = float(s[kept].min())
-    params: dict[str, Any] = {
-        "k": float(k),
-        "pixel_k": float(pixel_k),
-        "score_median": stats["median"],
-        "score_sigma": stats["sigma"],
-        "n_kept": int(kept.sum()),
-    }
+    params: dict[str, Any] = {"k": float(k), "pixel_k": float(pixel_k)}
+    params.update(score_median=stats["median"], score_sigma=stats["sigma"], n_kept=int(kept.sum()))
     if map_minima is not None and map_maxima is not None:
         pixel_thr, map_min, pixel_rule = _robust_pixel_scale(s, kept, map_minima, map_maxima, pixel_k, params)
     else:

@@ -34,6 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ssfilter.config import Config
@@ -188,7 +189,7 @@ def _save_with_metadata(onnx: Any, proto: Any, path: Path, meta: dict[str, str],
 
 
 def export_onnx(
-    source: str | Path | LoadedRun | DinomalyModel,
+    run_dir_or_model: str | Path | LoadedRun | DinomalyModel,
     path: str | Path,
     *,
     opset: int = 17,
@@ -205,16 +206,14 @@ def export_onnx(
     Metadata (``metadata_props``): ssfilter version, crop, resize, eval size, mean/std, calibration
     JSON and the measured parity figures.
 
-    Parity gate (ONNX Runtime, CPUExecutionProvider, vs PyTorch float32 on the CPU, on up to 4 real
-    images -- the run's training images or ``check_images`` -- plus 2 random inputs): the export is
-    refused with :class:`ExportParityError` and no file is written when max |Δ| of the maps normalised
-    by the run's calibration exceeds 1e-4 (:data:`MAP_TOLERANCE`), max |Δ| of the normalised scores
-    exceeds 1e-4 (:data:`SCORE_TOLERANCE`), or any OK/NG label differs. Without a calibration (a
-    model object exported without ``calibration``) maps are normalised by the range of PyTorch's
-    maps on the inputs, scores by the larger of that and their own range, and labels are not compared.
+    Parity gate (:mod:`ssfilter.inference.parity`; ONNX Runtime on the CPU vs PyTorch float32 on up to
+    4 real images -- the run's training images or ``check_images`` -- plus 2 random inputs): refused
+    with :class:`ExportParityError`, no file written, when the maps normalised by the run's calibration
+    differ by more than :data:`MAP_TOLERANCE` (1e-4), the normalised scores by more than
+    :data:`SCORE_TOLERANCE` (1e-4), or any OK/NG label differs.
 
     Args:
-        source: A run folder (needs its ``calibration.json``), a
+        run_dir_or_model: A run folder (needs its ``calibration.json``), a
             :class:`~ssfilter.inference.run.LoadedRun` (its calibration and training data are used), or
             a :class:`~ssfilter.models.dinomaly.DinomalyModel` (then ``config`` is required). A model on
             a GPU is exported from the CPU and moved back.
@@ -236,7 +235,7 @@ def export_onnx(
     onnx, ort = _require_onnx()
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive or None (dynamic), got {batch_size}")
-    src = _resolve(source, config, calibration)
+    src = _resolve(run_dir_or_model, config, calibration)
     if src.config.data.crop != src.model.crop:
         raise ValueError(
             f"config crop {src.config.data.crop} does not match the model's crop {src.model.crop}"
@@ -244,20 +243,37 @@ def export_onnx(
     inputs, n_real = parity_inputs(src.config, src.data, check_images)
     target = Path(path)
     with _on_cpu_in_eval(src.model), atomic_path(target) as tmp:
-        graph = InferenceGraph(src.model, src.config.data.eval_size).cpu()
-        # The PyTorch reference runs before tracing: it also fills the encoder's per-size constants
-        # (the ViT position table at this crop), which the trace then records as constants.
-        reference = torch_outputs(graph, inputs, batch_size)
-        # A dynamic graph is traced with two images, so nothing gets specialised to a batch of one.
-        example = torch.from_numpy(next(batches(inputs, batch_size or 2))[0].copy())
-        _trace(graph, example, tmp, opset, dynamic=batch_size is None)
-        proto = onnx.load(str(tmp))
-        onnx.checker.check_model(proto)
-        session = _ort_session(ort, proto.SerializeToString())
-        report = check_parity(session, inputs, reference, src.calibration, n_real, batch_size)
-        meta = {**_metadata(src, opset, batch_size), "parity": json.dumps(report.to_dict())}
-        _save_with_metadata(onnx, proto, tmp, meta, src.model.encoder.name)
+        _write_checked(onnx, ort, src, inputs, n_real, tmp, opset, batch_size)
     return target
+
+
+def _write_checked(
+    onnx: Any,
+    ort: Any,
+    src: LoadedRun,
+    inputs: np.ndarray,
+    n_real: int,
+    path: Path,
+    opset: int,
+    batch_size: int | None,
+) -> None:
+    """Trace the graph into ``path``, check its parity (raising on failure) and add the metadata.
+
+    Runs with the model on the CPU in eval mode; ``path`` is the temporary file of the atomic write.
+    """
+    graph = InferenceGraph(src.model, src.config.data.eval_size).cpu()
+    # The PyTorch reference runs before tracing: it also fills the encoder's per-size constants
+    # (the ViT position table at this crop), which the trace then records as constants.
+    reference = torch_outputs(graph, inputs, batch_size)
+    # A dynamic graph is traced with two images, so nothing gets specialised to a batch of one.
+    example = torch.from_numpy(next(batches(inputs, batch_size or 2))[0].copy())
+    _trace(graph, example, path, opset, dynamic=batch_size is None)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    session = _ort_session(ort, proto.SerializeToString())
+    report = check_parity(session, inputs, reference, src.calibration, n_real, batch_size)
+    meta = {**_metadata(src, opset, batch_size), "parity": json.dumps(report.to_dict())}
+    _save_with_metadata(onnx, proto, path, meta, src.model.encoder.name)
 
 
 def _ort_session(ort: Any, model: bytes | str) -> Any:

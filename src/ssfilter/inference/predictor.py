@@ -32,7 +32,7 @@ from ssfilter.inference.calibration import Calibration
 from ssfilter.inference.calibration_rules import calibrate_from_labels, calibrate_unsupervised, map_extrema
 from ssfilter.inference.inputs import collect_inputs
 from ssfilter.inference.outputs import PredictionReport, PredictionWriter
-from ssfilter.inference.prediction import Prediction
+from ssfilter.inference.prediction import Prediction, decide
 from ssfilter.inference.run import load_run_folder
 from ssfilter.models.dinomaly import DinomalyModel
 
@@ -193,22 +193,8 @@ class Predictor:
         for names, images, scores, maps in self.raw_batches(
             paths, batch_size=batch_size, skipped=skipped, progress=progress
         ):
-            norm_scores = cal.normalize_scores(scores)
-            labels = cal.label(scores)
-            norm_maps = cal.normalize_maps(maps)
-            for i, (name, image) in enumerate(zip(names, images, strict=True)):
-                pred = Prediction(
-                    path=name,
-                    raw_score=float(scores[i]),
-                    score=float(norm_scores[i]),
-                    label=labels[i],
-                    threshold=cal.image_threshold,
-                    width=image.width,
-                    height=image.height,
-                    raw_map=maps[i],
-                    map=norm_maps[i],
-                )
-                yield pred, image
+            sizes = [image.size for image in images]
+            yield from zip(decide(cal, names, sizes, scores, maps), images, strict=True)
 
     def predict(
         self, inputs: Iterable[str | Path], batch_size: int | None = None, progress: bool = False
