@@ -220,8 +220,8 @@ class Detector:
         if out is not None:
             atomic_write_json(out, payload)
         if report is not None:
+            from ssfilter.reporting.evaluate_page import write_evaluate_report
             from ssfilter.reporting.examples import build_evaluate_report
-            from ssfilter.reporting.html import write_evaluate_report
 
             context = [(k, str(v)) for k, v in (("run", self.run_dir), ("test data", root)) if v is not None]
             content = build_evaluate_report(
@@ -304,7 +304,7 @@ class Detector:
             extra["export_clean"] = str(dest)
         write_skipped_csv(skipped, out_dir / SKIPPED_FILE)
         csv_path, json_path = write_filter_outputs(records, out, extra)
-        from ssfilter.reporting.html import write_filter_report
+        from ssfilter.reporting.filter_page import write_filter_report
 
         write_filter_report(out_dir, records, summarize(records))
         return json.loads(Path(json_path).read_text(encoding="utf-8"))

@@ -212,8 +212,10 @@ def run_demo(
     from ssfilter.evaluation.evaluate import evaluate_model
     from ssfilter.filtering.dataset_filter import filter_dataset, summarize, write_filter_outputs
     from ssfilter.io import atomic_write_json
+    from ssfilter.reporting.evaluate_page import evaluate_section
     from ssfilter.reporting.examples import build_evaluate_report
-    from ssfilter.reporting.html import ReportAssets, evaluate_section, filter_section, write_report
+    from ssfilter.reporting.filter_page import filter_section
+    from ssfilter.reporting.frame import ReportAssets, write_report
     from ssfilter.runtime.device import resolve_device
     from ssfilter.training.checkpoint import load_run
 
