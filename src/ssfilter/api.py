@@ -40,9 +40,8 @@ from ssfilter.runfolder import (
     STATE_FILE,
     write_data_record,
 )
-from ssfilter.runtime.device import resolve_device
 from ssfilter.runtime.distributed import is_main_process
-from ssfilter.training.checkpoint import build_model, load_run
+from ssfilter.training.checkpoint import build_model
 from ssfilter.training.filter_log import summarize_filter_log
 from ssfilter.training.trainer import Trainer, TrainResult
 
@@ -172,7 +171,8 @@ class Detector:
         if self.model is None:
             if self.run_dir is None:
                 raise RuntimeError("the detector has no trained model: call fit() or Detector.load() first")
-            _, self.model = load_run(self.run_dir, resolve_device(self.config.train.device))
+            run = load_run_folder(self.run_dir, self.config.train.device, calibration="skip")
+            self.model = run.model
         return self.model
 
     # -- evaluation and inference ---------------------------------------------------------------

@@ -194,7 +194,7 @@ class DatasetFilterConfig:
 class CalibrationConfig:
     """Unsupervised decision thresholds computed at the end of training (``RUN/calibration.json``).
 
-    Rule (see :mod:`ssfilter.inference.calibration`): over the raw scores ``s`` of the training images,
+    Rule (see :mod:`ssfilter.inference.calibration_rules`): over the raw scores ``s`` of the training images,
     ``image_threshold = median(s) + k * 1.4826 * MAD(s)``; over each training image's largest anomaly-map
     value ``m``, ``pixel_threshold = median(m) + pixel_k * 1.4826 * MAD(m)``. Robust to a minority of
     defective training images. ``ssfilter calibrate --val DIR`` replaces it with F1-max thresholds.
