@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ssfilter.config import Config, apply_overrides, get_preset, load_config
+from ssfilter.config import Config, apply_overrides, get_preset, load_config, shortcut_overrides
 from ssfilter.data.datasets import Sample, discover, is_mvtec_layout
 from ssfilter.data.images import Skipped, write_skipped_csv
 from ssfilter.data.validation import prepare_training_samples, validate_samples
 from ssfilter.errors import RunExistsError
+from ssfilter.inference.run import load_run_folder
 from ssfilter.io import atomic_write_json
 from ssfilter.runfolder import (
     CALIBRATION_FILE,
@@ -37,18 +38,17 @@ from ssfilter.runfolder import (
     NOISE_SPLIT_FILE,
     SKIPPED_FILE,
     STATE_FILE,
-    read_data_root,
     write_data_record,
 )
-from ssfilter.runtime.device import resolve_device
 from ssfilter.runtime.distributed import is_main_process
-from ssfilter.training.checkpoint import build_model, load_run
+from ssfilter.training.checkpoint import build_model
 from ssfilter.training.filter_log import summarize_filter_log
 from ssfilter.training.trainer import Trainer, TrainResult
 
 if TYPE_CHECKING:
     from ssfilter.inference.calibration import Calibration
-    from ssfilter.inference.predictor import PredictionReport, Predictor
+    from ssfilter.inference.outputs import PredictionReport
+    from ssfilter.inference.predictor import Predictor
 
 __all__ = [
     "Detector",
@@ -80,7 +80,7 @@ class Detector:
 
     def __init__(self, config: Config | str | Path | None = None, **overrides: Any) -> None:
         self.config = _resolve_config(config)
-        apply_overrides(self.config, _shortcut_overrides(overrides))
+        apply_overrides(self.config, shortcut_overrides(overrides))
         self.model = None
         self.run_dir: Path | None = None
         self.data: Path | None = None
@@ -149,26 +149,30 @@ class Detector:
                 )
         log.info("trained %d iterations in %.1fs", result.iterations, result.seconds)
         if self.config.calibration.after_training and result.iterations == self.config.train.iters:
-            cal = self._predictor().calibrate_unlabelled([s.path for s in samples], progress=progress)
+            cal = self.predictor().calibrate_unlabelled([s.path for s in samples], progress=progress)
             cal.save(run)
             log.info("calibration: %s", cal.rule)
         return self
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto") -> Detector:
-        """Load a trained run folder (no network access, no original weights file needed)."""
-        cfg, model = load_run(run_dir, resolve_device(device))
-        det = cls(cfg)
-        det.model = model
-        det.run_dir = Path(run_dir)
-        det.data = read_data_root(run_dir)
+        """Load a trained run folder (no network access, no original weights file needed).
+
+        Its ``calibration.json`` is read when a command needs it (``predict_files``, ``export``).
+        """
+        run = load_run_folder(run_dir, device, calibration="skip")
+        det = cls(run.config)
+        det.model = run.model
+        det.run_dir = run.path
+        det.data = run.data
         return det
 
     def _ensure_model(self) -> Any:
         if self.model is None:
             if self.run_dir is None:
                 raise RuntimeError("the detector has no trained model: call fit() or Detector.load() first")
-            _, self.model = load_run(self.run_dir, resolve_device(self.config.train.device))
+            run = load_run_folder(self.run_dir, self.config.train.device, calibration="skip")
+            self.model = run.model
         return self.model
 
     # -- evaluation and inference ---------------------------------------------------------------
@@ -216,8 +220,8 @@ class Detector:
         if out is not None:
             atomic_write_json(out, payload)
         if report is not None:
+            from ssfilter.reporting.evaluate_page import write_evaluate_report
             from ssfilter.reporting.examples import build_evaluate_report
-            from ssfilter.reporting.html import write_evaluate_report
 
             context = [(k, str(v)) for k, v in (("run", self.run_dir), ("test data", root)) if v is not None]
             content = build_evaluate_report(
@@ -300,7 +304,7 @@ class Detector:
             extra["export_clean"] = str(dest)
         write_skipped_csv(skipped, out_dir / SKIPPED_FILE)
         csv_path, json_path = write_filter_outputs(records, out, extra)
-        from ssfilter.reporting.html import write_filter_report
+        from ssfilter.reporting.filter_page import write_filter_report
 
         write_filter_report(out_dir, records, summarize(records))
         return json.loads(Path(json_path).read_text(encoding="utf-8"))
@@ -343,7 +347,7 @@ class Detector:
         Raises :class:`~ssfilter.data.images.ImageReadError` on an unreadable file; for decisions,
         heat-maps and lenient handling of bad files use :meth:`predict_files`.
         """
-        return self._predictor().predict_raw(list(images), batch_size=batch_size)
+        return self.predictor().predict_raw(list(images), batch_size=batch_size)
 
     def predict_files(
         self,
@@ -359,7 +363,7 @@ class Detector:
 
         Writes ``predictions.csv``/``predictions.json`` (raw and normalised score, OK/NG, threshold),
         ``<name>_overlay.png`` and ``<name>_mask.png`` at each image's original size, and
-        ``skipped.csv`` (see :mod:`ssfilter.inference.predictor`). Uses the run's ``calibration.json``;
+        ``skipped.csv`` (see :mod:`ssfilter.inference.outputs`). Uses the run's ``calibration.json``;
         a run without one is calibrated on its training data first (and the file saved).
 
         Args:
@@ -374,7 +378,7 @@ class Detector:
         Raises:
             RunExistsError: ``out`` holds earlier predictions and ``overwrite`` is false.
         """
-        from ssfilter.inference.predictor import PREDICTIONS_CSV, PREDICTIONS_JSON
+        from ssfilter.inference.outputs import PREDICTIONS_CSV, PREDICTIONS_JSON
 
         done = [name for name in (PREDICTIONS_CSV, PREDICTIONS_JSON) if (Path(out) / name).exists()]
         if done and not overwrite:
@@ -383,7 +387,7 @@ class Detector:
                 "or choose another --out"
             )
         items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-        predictor = self._predictor(calibration=self._calibration(progress=progress), threshold=threshold)
+        predictor = self.predictor(calibration=self._calibration(progress=progress), threshold=threshold)
         return predictor.predict_to_folder(items, out, batch_size=batch_size, progress=progress)
 
     def calibrate(
@@ -397,7 +401,7 @@ class Detector:
         """(Re)compute the run's decision thresholds and save them as ``RUN/calibration.json``.
 
         Without ``val``: the unsupervised rule (``calibration.k`` / ``calibration.pixel_k``, see
-        :mod:`ssfilter.inference.calibration`) on the run's training images, or on the images under
+        :mod:`ssfilter.inference.calibration_rules`) on the run's training images, or on the images under
         ``data``. With ``val``: F1-max thresholds on a labelled MVTec-layout folder (its ``test/good``
         and defect folders; pixel F1-max when ``ground_truth`` masks exist).
 
@@ -407,7 +411,7 @@ class Detector:
             progress: Show a progress bar.
             save: Write ``calibration.json`` into the run folder.
         """
-        predictor = self._predictor()
+        predictor = self.predictor()
         if val is not None:
             if not is_mvtec_layout(val):
                 raise ValueError(
@@ -449,8 +453,16 @@ class Detector:
             )
         return cal
 
-    def _predictor(self, calibration: Calibration | None = None, threshold: float | None = None) -> Predictor:
-        """A :class:`Predictor` on this detector's model (the one implementation of inference)."""
+    def predictor(self, calibration: Calibration | None = None, threshold: float | None = None) -> Predictor:
+        """A :class:`~ssfilter.inference.predictor.Predictor` on this detector's model.
+
+        The one implementation of inference on image files, for finer control than :meth:`predict`
+        (e.g. ``det.predictor().calibrate_unlabelled(paths)`` without saving).
+
+        Args:
+            calibration: Thresholds and scales for decisions (``None``: raw outputs and calibration only).
+            threshold: Raw image threshold overriding the calibrated one.
+        """
         from ssfilter.inference.predictor import Predictor
 
         return Predictor(
@@ -484,34 +496,17 @@ class Detector:
         """
         if format != "onnx":
             raise ValueError(f"unsupported export format {format!r}; only 'onnx' is available")
-        from ssfilter.inference.export import export_onnx
+        from ssfilter.inference.export import export_calibration, export_onnx
+        from ssfilter.inference.run import LoadedRun
 
-        return export_onnx(self, path, opset=opset, batch_size=batch_size, check_images=check_images)
+        model = self._ensure_model()
+        cal = export_calibration(self.run_dir) if self.run_dir is not None else None
+        run = LoadedRun(path=self.run_dir, config=self.config, model=model, data=self.data, calibration=cal)
+        return export_onnx(run, path, opset=opset, batch_size=batch_size, check_images=check_images)
 
     def info(self) -> dict[str, Any]:
         """Parameter counts and GFLOPs of this configuration (see :func:`model_info`)."""
         return model_info(self.config)
-
-
-def _shortcut_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    mapping = {
-        "backbone": "model.backbone",
-        "weights": "model.weights",
-        "attention": "model.attention",
-        "iters": "train.iters",
-        "batch_size": "data.batch_size",
-        "device": "train.device",
-        "method": "train.method",
-        "seed": "train.seed",
-        "crop": "data.crop",
-        "resize": "data.resize",
-    }
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        out[mapping.get(key, key)] = value
-    return out
 
 
 def model_info(cfg: Config) -> dict[str, Any]:

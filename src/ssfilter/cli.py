@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args: argparse.Namespace):  # noqa: ANN202 - Config, imported lazily
-    from ssfilter.config import apply_overrides, get_preset, load_config
+    from ssfilter.config import SHORTCUTS, apply_overrides, get_preset, load_config, shortcut_overrides
 
     if args.config is not None:
         cfg = load_config(args.config)
@@ -239,17 +239,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202 - Config, impor
             warnings.warn("--config given: --preset is ignored", stacklevel=2)
     else:
         cfg = get_preset(args.preset or "paper-448-392")
-    shortcuts = {
-        "model.backbone": args.backbone,
-        "model.weights": args.weights,
-        "train.method": getattr(args, "method", None),
-        "model.attention": getattr(args, "attention", None),
-        "train.iters": getattr(args, "iters", None),
-        "data.batch_size": getattr(args, "batch_size", None),
-        "train.seed": getattr(args, "seed", None),
-        "train.device": getattr(args, "device", None),
-    }
-    apply_overrides(cfg, {k: v for k, v in shortcuts.items() if v is not None})
+    apply_overrides(cfg, shortcut_overrides({name: getattr(args, name, None) for name in SHORTCUTS}))
     apply_overrides(cfg, args.overrides)
     if getattr(args, "weights", None) is not None:
         cfg.model.weights = str(Path(args.weights).resolve())

@@ -17,6 +17,7 @@ import yaml
 __all__ = [
     "CONFIG_VERSION",
     "PRESETS",
+    "SHORTCUTS",
     "BatchFilterConfig",
     "CalibrationConfig",
     "Config",
@@ -29,6 +30,7 @@ __all__ = [
     "get_preset",
     "load_config",
     "save_config",
+    "shortcut_overrides",
 ]
 
 #: Version of the on-disk config schema; bumped on incompatible changes. Version 1 had one ``filter``
@@ -192,7 +194,7 @@ class DatasetFilterConfig:
 class CalibrationConfig:
     """Unsupervised decision thresholds computed at the end of training (``RUN/calibration.json``).
 
-    Rule (see :mod:`ssfilter.inference.calibration`): over the raw scores ``s`` of the training images,
+    Rule (see :mod:`ssfilter.inference.calibration_rules`): over the raw scores ``s`` of the training images,
     ``image_threshold = median(s) + k * 1.4826 * MAD(s)``; over each training image's largest anomaly-map
     value ``m``, ``pixel_threshold = median(m) + pixel_k * 1.4826 * MAD(m)``. Robust to a minority of
     defective training images. ``ssfilter calibrate --val DIR`` replaces it with F1-max thresholds.
@@ -374,6 +376,29 @@ def _coerce(value: str, target: Any) -> Any:
         return float(value)
     parsed = yaml.safe_load(value)
     return None if parsed in ("null", "None") else parsed
+
+
+#: Short names of common settings, as the CLI's flags (``--iters``) and ``Detector(**overrides)`` take them.
+SHORTCUTS: dict[str, str] = {
+    "backbone": "model.backbone",
+    "weights": "model.weights",
+    "attention": "model.attention",
+    "iters": "train.iters",
+    "batch_size": "data.batch_size",
+    "device": "train.device",
+    "method": "train.method",
+    "seed": "train.seed",
+    "crop": "data.crop",
+    "resize": "data.resize",
+}
+
+
+def shortcut_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted overrides from short names (see :data:`SHORTCUTS`); ``None`` values are left out.
+
+    Keys that are not short names (e.g. ``"train.lr"``) pass through unchanged.
+    """
+    return {SHORTCUTS.get(key, key): value for key, value in values.items() if value is not None}
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:

@@ -32,7 +32,7 @@ def trained_run(tmp_path: Path, synthetic_mvtec: Path, tiny_config) -> Path:
 def test_export_cli(
     trained_run: Path, synthetic_mvtec: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ssfilter.inference import export as ex
+    from ssfilter.inference import parity as gate
     from ssfilter.inference.onnx_predictor import OnnxPredictor, read_onnx_metadata
 
     out = tmp_path / "model.onnx"
@@ -65,13 +65,13 @@ def test_export_cli(
     assert not (tmp_path / "b.onnx").exists()
 
     # parity failure (ONNX Runtime's scores drift): exit status 1, figures printed, no file
-    real = ex._ort_outputs
+    real = gate.ort_outputs
 
     def drifting(session, x, batch_size):  # noqa: ANN001, ANN202
         maps, scores = real(session, x, batch_size)
         return maps, scores + 0.01
 
-    monkeypatch.setattr(ex, "_ort_outputs", drifting)
+    monkeypatch.setattr(gate, "ort_outputs", drifting)
     bad = tmp_path / "bad.onnx"
     assert main(["-q", "export", "--run", str(trained_run), "--out", str(bad)]) == 1
     err = capsys.readouterr().err

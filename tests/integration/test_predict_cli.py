@@ -14,7 +14,8 @@ from ssfilter.cli import main
 from ssfilter.config import save_config
 from ssfilter.data.datasets import discover
 from ssfilter.inference.calibration import Calibration
-from ssfilter.inference.predictor import RECORD_FIELDS, Predictor
+from ssfilter.inference.outputs import RECORD_FIELDS
+from ssfilter.inference.predictor import Predictor
 from ssfilter.inference.visualize import crop_box
 from ssfilter.runfolder import CALIBRATION_FILE
 
@@ -75,7 +76,7 @@ def test_training_writes_calibration(run: Path) -> None:
     train = [s.path for s in discover(det.data, "train")]
     scores, maps = det.predict(train)
     flat = maps.reshape(len(maps), -1)
-    again = det._predictor().calibrate_unlabelled(train)
+    again = det.predictor().calibrate_unlabelled(train)
     assert again.image_threshold == pytest.approx(cal.image_threshold, rel=1e-5)
     med = np.median(scores)
     mad = np.median(np.abs(scores - med))

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from ssfilter.cli import main
 from ssfilter.config import save_config
 from ssfilter.pipelines.demo import DemoSettings, demo_config, detect_backbone, find_demo_weights, run_demo
-from ssfilter.reporting.html import ASSETS_DIR
+from ssfilter.reporting.frame import ASSETS_DIR
 
 
 def assert_links_exist(report: Path) -> list[str]:

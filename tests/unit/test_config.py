@@ -113,3 +113,13 @@ def test_overrides_accept_new_and_version1_names() -> None:
 def test_newer_config_version_is_refused() -> None:
     with pytest.raises(ValueError, match="newer"):
         Config.from_dict({"version": CONFIG_VERSION + 1})
+
+
+def test_shortcuts_map_short_names_and_drop_missing_values() -> None:
+    from ssfilter.config import shortcut_overrides
+
+    out = shortcut_overrides({"iters": 5, "batch_size": None, "seed": 3, "train.lr": 0.01})
+    assert out == {"train.iters": 5, "train.seed": 3, "train.lr": 0.01}
+    cfg = apply_overrides(get_preset("cpu-fast"), out)
+    assert (cfg.train.iters, cfg.train.seed, cfg.train.lr) == (5, 3, 0.01)
+    assert cfg.data.batch_size == get_preset("cpu-fast").data.batch_size

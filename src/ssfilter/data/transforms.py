@@ -11,6 +11,7 @@ All callables returned here are plain picklable objects (no lambdas), so dataset
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -18,13 +19,17 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from ssfilter.config import Config, DataConfig
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MaskTransform",
+    "Normalization",
     "build_image_transform",
     "build_mask_transform",
     "denormalize",
+    "transform_for",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -70,6 +75,37 @@ def build_image_transform(
             T.Normalize(mean=list(mean), std=list(std)),
         ]
     )
+
+
+class Normalization(Protocol):
+    """What :func:`transform_for` needs from an encoder: its per-channel input statistics."""
+
+    @property
+    def mean(self) -> Sequence[float]:
+        """Normalisation mean per channel."""
+        ...
+
+    @property
+    def std(self) -> Sequence[float]:
+        """Normalisation standard deviation per channel."""
+        ...
+
+
+def transform_for(cfg: Config | DataConfig, encoder: Normalization) -> Callable[[Image.Image], torch.Tensor]:
+    """The image transform of a run: its data sizes and its encoder's normalisation.
+
+    The one place that pairs ``data.resize`` / ``data.crop`` with the encoder's mean and std, so every
+    command preprocesses images exactly as training did.
+
+    Args:
+        cfg: The run's config, or just its ``data`` section.
+        encoder: The model's encoder (anything with ``mean`` and ``std``).
+
+    Returns:
+        A callable mapping an RGB PIL image to a float tensor ``[3, crop, crop]``.
+    """
+    data = cfg.data if isinstance(cfg, Config) else cfg
+    return build_image_transform(data.resize, data.crop, encoder.mean, encoder.std)
 
 
 class MaskTransform:

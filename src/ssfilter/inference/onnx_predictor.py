@@ -32,7 +32,7 @@ from PIL import Image
 from ssfilter.data.images import ImageReadError, Skipped, read_image, scan_images
 from ssfilter.errors import CalibrationError
 from ssfilter.inference.calibration import Calibration
-from ssfilter.inference.prediction import Prediction
+from ssfilter.inference.prediction import Prediction, decide
 
 __all__ = ["OnnxPredictor", "decode_metadata", "preprocess", "read_onnx_metadata"]
 
@@ -219,16 +219,7 @@ class OnnxPredictor:
                 f"{self.path} has no embedded calibration: use predict_raw(), or re-export it from a run "
                 "with calibration.json (`ssfilter calibrate --run RUN`)"
             )
-        files: list[Path] = []
-        skipped: list[Skipped] = []
-        for item in inputs:
-            path = Path(item)
-            if path.is_dir():
-                files.extend(scan_images(path))
-            elif path.is_file():
-                files.append(path)
-            else:
-                skipped.append(Skipped(str(path), "file not found"))
+        files, skipped = _expand(inputs)
         results: list[Prediction] = []
         for start in range(0, len(files), max(1, batch_size)):
             names, sizes, arrays = [], [], []
@@ -241,24 +232,22 @@ class OnnxPredictor:
                 names.append(str(path))
                 sizes.append(image.size)
                 arrays.append(self.preprocess(image))
-            if not arrays:
-                continue
-            scores, maps = self.run(np.stack(arrays))
-            norm_scores = cal.normalize_scores(scores)
-            labels = cal.label(scores)
-            norm_maps = cal.normalize_maps(maps)
-            for i, name in enumerate(names):
-                results.append(
-                    Prediction(
-                        path=name,
-                        raw_score=float(scores[i]),
-                        score=float(norm_scores[i]),
-                        label=labels[i],
-                        threshold=cal.image_threshold,
-                        width=sizes[i][0],
-                        height=sizes[i][1],
-                        raw_map=maps[i],
-                        map=norm_maps[i],
-                    )
-                )
+            if arrays:
+                scores, maps = self.run(np.stack(arrays))
+                results.extend(decide(cal, names, sizes, scores, maps))
         return results, skipped
+
+
+def _expand(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Skipped]]:
+    """Image files of the inputs (folders searched recursively) and the inputs that do not exist."""
+    files: list[Path] = []
+    skipped: list[Skipped] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(scan_images(path))
+        elif path.is_file():
+            files.append(path)
+        else:
+            skipped.append(Skipped(str(path), "file not found"))
+    return files, skipped

@@ -5,13 +5,15 @@ numpy only: :mod:`ssfilter.inference.onnx_predictor` must run without torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ssfilter.inference.calibration import Calibration
 from ssfilter.inference.visualize import map_to_original
 
-__all__ = ["Prediction"]
+__all__ = ["Prediction", "decide"]
 
 
 @dataclass
@@ -48,3 +50,38 @@ class Prediction:
             crop: The run's ``data.crop``.
         """
         return map_to_original(self.map, self.width, self.height, resize, crop)
+
+
+def decide(
+    calibration: Calibration,
+    paths: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    scores: np.ndarray,
+    maps: np.ndarray,
+) -> list[Prediction]:
+    """One :class:`Prediction` per image of a batch: raw outputs turned into decisions by the calibration.
+
+    Args:
+        calibration: The run's thresholds and fixed scales.
+        paths: The images' files.
+        sizes: Their original ``(width, height)``.
+        scores: Raw image scores ``[B]``.
+        maps: Raw maps ``[B, S, S]``.
+    """
+    norm_scores = calibration.normalize_scores(scores)
+    labels = calibration.label(scores)
+    norm_maps = calibration.normalize_maps(maps)
+    return [
+        Prediction(
+            path=path,
+            raw_score=float(scores[i]),
+            score=float(norm_scores[i]),
+            label=labels[i],
+            threshold=calibration.image_threshold,
+            width=width,
+            height=height,
+            raw_map=maps[i],
+            map=norm_maps[i],
+        )
+        for i, (path, (width, height)) in enumerate(zip(paths, sizes, strict=True))
+    ]

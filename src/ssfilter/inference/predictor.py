@@ -1,34 +1,21 @@
-"""Apply a trained run to new images: scores, OK/NG decisions, heat-maps and masks (``ssfilter predict``).
+"""Apply a trained model to image files: raw maps and scores, OK/NG decisions, and its calibration.
 
 :class:`Predictor` is the one implementation of inference on image files; :class:`ssfilter.Detector`'s
-``predict`` and ``predict_files`` delegate to it. It reads images with
-:func:`ssfilter.data.images.read_image` (unreadable files are skipped and listed in ``skipped.csv``),
-preprocesses them with the run's :func:`~ssfilter.data.transforms.build_image_transform`, computes maps
-and scores with :func:`ssfilter.evaluation.evaluate.predict_maps` (the same code as ``evaluate``), and
-turns them into decisions with the run's :class:`~ssfilter.inference.calibration.Calibration`.
+``predict``, ``predict_files`` and ``calibrate`` delegate to it. It reads images with
+:func:`ssfilter.data.images.read_image` (unreadable files are skipped and listed), preprocesses them with
+the run's transform (:func:`~ssfilter.data.transforms.transform_for`), computes maps and scores with
+:func:`ssfilter.evaluation.evaluate.predict_maps` (the same code as ``evaluate``), and turns them into
+decisions with the run's :class:`~ssfilter.inference.calibration.Calibration`.
 
-Written into the output folder, each file atomically:
-
-* ``predictions.csv`` / ``predictions.json``: per image ``path, raw_score, score`` (normalised, 0.5 =
-  threshold), ``label`` (OK/NG), ``threshold`` (raw), the overlay and mask file names and the original
-  ``width, height`` (the JSON also holds the calibration used);
-* ``<name>_overlay.png``: the heat-map over the original image and ``<name>_mask.png``: the binary defect
-  mask (0/255), both at the image's original size; ``<name>`` is the file stem, prefixed with its parent
-  folder (and a counter if needed) when two inputs share a stem;
-* ``skipped.csv``: inputs that could not be read, and why.
+Expanding the user's inputs is :func:`ssfilter.inference.inputs.collect_inputs`; writing the output
+folder (``predictions.csv``/``.json``, overlays, masks, ``skipped.csv``) is
+:class:`ssfilter.inference.outputs.PredictionWriter`.
 """
 
 from __future__ import annotations
 
-import csv
-import glob
-import io
-import os
-import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,146 +24,19 @@ from tqdm.auto import tqdm
 
 from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, Sample
-from ssfilter.data.images import (
-    IMAGE_EXTENSIONS,
-    ImageReadError,
-    Skipped,
-    read_image,
-    scan_images,
-    validate_images,
-    write_skipped_csv,
-)
-from ssfilter.data.transforms import build_image_transform, build_mask_transform
+from ssfilter.data.images import ImageReadError, Skipped, read_image, validate_images
+from ssfilter.data.transforms import build_mask_transform, transform_for
+from ssfilter.errors import CalibrationError
 from ssfilter.evaluation.evaluate import predict_maps
-from ssfilter.inference.calibration import (
-    Calibration,
-    CalibrationError,
-    calibrate_from_labels,
-    calibrate_unsupervised,
-    map_extrema,
-)
-from ssfilter.inference.prediction import Prediction
-from ssfilter.inference.visualize import mask_image, overlay_image
-from ssfilter.io import atomic_path, atomic_write_json, atomic_write_text
+from ssfilter.inference.calibration import Calibration
+from ssfilter.inference.calibration_rules import calibrate_from_labels, calibrate_unsupervised, map_extrema
+from ssfilter.inference.inputs import collect_inputs
+from ssfilter.inference.outputs import PredictionReport, PredictionWriter
+from ssfilter.inference.prediction import Prediction, decide
+from ssfilter.inference.run import load_run_folder
 from ssfilter.models.dinomaly import DinomalyModel
-from ssfilter.runfolder import SKIPPED_FILE
 
-__all__ = [
-    "PREDICTIONS_CSV",
-    "PREDICTIONS_JSON",
-    "Prediction",
-    "RECORD_FIELDS",
-    "PredictionReport",
-    "Predictor",
-    "collect_inputs",
-    "output_names",
-]
-
-PREDICTIONS_CSV = "predictions.csv"
-PREDICTIONS_JSON = "predictions.json"
-#: Columns of ``predictions.csv`` (and keys of each ``images`` entry of ``predictions.json``).
-RECORD_FIELDS = ("path", "raw_score", "score", "label", "threshold", "overlay", "mask", "width", "height")
-_GLOB_CHARS = re.compile(r"[*?\[]")
-_UNSAFE_NAME = re.compile(r"[^\w.-]+")
-
-
-@dataclass
-class PredictionReport:
-    """What :meth:`Predictor.predict_to_folder` wrote.
-
-    Attributes:
-        records: One dict per predicted image (the ``predictions.csv`` row, see :data:`RECORD_FIELDS`).
-        skipped: Inputs that could not be read.
-        out: The output folder.
-        calibration: The calibration used (threshold override applied).
-    """
-
-    records: list[dict[str, Any]]
-    skipped: list[Skipped]
-    out: Path
-    calibration: Calibration
-
-    @property
-    def n_ng(self) -> int:
-        """Number of images labelled NG."""
-        return sum(r["label"] == "NG" for r in self.records)
-
-
-def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Skipped]]:
-    """Expand files, folders (searched recursively) and glob patterns into image files.
-
-    Explicit files are kept whatever their extension (reading decides); folders and glob matches
-    contribute files with an image extension only. Duplicates are dropped (first occurrence wins).
-
-    Args:
-        inputs: Paths, folders or glob patterns (``**`` recurses).
-
-    Returns:
-        ``(files, missing)``: files in input order, and inputs that matched nothing.
-    """
-    files: list[Path] = []
-    missing: list[Skipped] = []
-    seen: set[str] = set()
-
-    def add(path: Path) -> None:
-        # os.path.realpath, not Path.resolve: resolve raises on a symlink loop (Python 3.11); the
-        # looping link is then skipped by the reader with a reason instead of crashing here.
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            files.append(path)
-
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for found in scan_images(path):
-                add(found)
-        elif path.is_file():
-            add(path)
-        elif _GLOB_CHARS.search(str(item)):
-            matches = sorted(glob.glob(str(item), recursive=True))
-            for match in map(Path, matches):
-                if match.is_dir():
-                    for found in scan_images(match):
-                        add(found)
-                elif match.is_file() and match.suffix.lower() in IMAGE_EXTENSIONS:
-                    add(match)
-            if not matches:
-                missing.append(Skipped(str(item), "no file matches this pattern"))
-        else:
-            missing.append(Skipped(str(item), "file not found"))
-    return files, missing
-
-
-def output_names(paths: Sequence[str | Path]) -> list[str]:
-    """Unique, file-system-safe output name stems for input images.
-
-    The stem alone when it is unique among the inputs; ``<parent>_<stem>`` when several inputs share a
-    stem; a ``_2``, ``_3``... suffix if that still collides. Comparison ignores case, so the names are
-    also unique on case-insensitive file systems.
-
-    Args:
-        paths: Input image paths.
-    """
-
-    def clean(text: str) -> str:
-        return _UNSAFE_NAME.sub("_", text).strip("._") or "image"
-
-    stems = [clean(Path(p).stem) for p in paths]
-    counts: dict[str, int] = {}
-    for stem in stems:
-        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
-    names: list[str] = []
-    used: set[str] = set()
-    for path, stem in zip(paths, stems, strict=True):
-        name = stem if counts[stem.lower()] == 1 else f"{clean(Path(path).parent.name)}_{stem}"
-        candidate, n = name, 1
-        while candidate.lower() in used:
-            n += 1
-            candidate = f"{name}_{n}"
-        used.add(candidate.lower())
-        names.append(candidate)
-    return names
+__all__ = ["Predictor"]
 
 
 class Predictor:
@@ -202,9 +62,7 @@ class Predictor:
         self.model = model.eval()
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.transform = build_image_transform(
-            cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std
-        )
+        self.transform = transform_for(cfg, model.encoder)
         if threshold is not None:
             if calibration is None:
                 raise CalibrationError("a threshold override needs a calibration for the heat-map scale")
@@ -225,12 +83,8 @@ class Predictor:
         Raises:
             FileNotFoundError: when the run has no ``calibration.json`` (run ``ssfilter calibrate``).
         """
-        from ssfilter.runtime.device import resolve_device
-        from ssfilter.training.checkpoint import load_run
-
-        dev = resolve_device(device) if isinstance(device, str) else device
-        cfg, model = load_run(run_dir, dev)
-        return cls(model, cfg, Calibration.load(run_dir), run_dir=run_dir, threshold=threshold)
+        run = load_run_folder(run_dir, device, calibration="required")
+        return cls(run.model, run.config, run.calibration, run_dir=run.path, threshold=threshold)
 
     @property
     def device(self) -> torch.device:
@@ -339,22 +193,8 @@ class Predictor:
         for names, images, scores, maps in self.raw_batches(
             paths, batch_size=batch_size, skipped=skipped, progress=progress
         ):
-            norm_scores = cal.normalize_scores(scores)
-            labels = cal.label(scores)
-            norm_maps = cal.normalize_maps(maps)
-            for i, (name, image) in enumerate(zip(names, images, strict=True)):
-                pred = Prediction(
-                    path=name,
-                    raw_score=float(scores[i]),
-                    score=float(norm_scores[i]),
-                    label=labels[i],
-                    threshold=cal.image_threshold,
-                    width=image.width,
-                    height=image.height,
-                    raw_map=maps[i],
-                    map=norm_maps[i],
-                )
-                yield pred, image
+            sizes = [image.size for image in images]
+            yield from zip(decide(cal, names, sizes, scores, maps), images, strict=True)
 
     def predict(
         self, inputs: Iterable[str | Path], batch_size: int | None = None, progress: bool = False
@@ -403,47 +243,12 @@ class Predictor:
         if not paths:
             listed = ", ".join(str(i) for i in items[:3]) + (" ..." if len(items) > 3 else "")
             raise ValueError(f"no image files found in the inputs: {listed}")
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        names = dict(zip(map(str, paths), output_names(paths), strict=True))
-        resize, crop = self.cfg.data.resize, self.cfg.data.crop
-        records: list[dict[str, Any]] = []
+        writer = PredictionWriter(out, paths, self.cfg.data.resize, self.cfg.data.crop)
         for pred, image in self.iter_predictions(
             paths, batch_size=batch_size, skipped=skipped, progress=progress
         ):
-            full = pred.original_map(resize, crop)
-            name = names[pred.path]
-            overlay_file, mask_file = f"{name}_overlay.png", f"{name}_mask.png"
-            _save_png(overlay_image(image, full), folder / overlay_file)
-            _save_png(mask_image(full), folder / mask_file)
-            records.append(
-                {
-                    "path": pred.path,
-                    "raw_score": pred.raw_score,
-                    "score": pred.score,
-                    "label": pred.label,
-                    "threshold": pred.threshold,
-                    "overlay": overlay_file,
-                    "mask": mask_file,
-                    "width": pred.width,
-                    "height": pred.height,
-                }
-            )
-        _write_records_csv(records, folder / PREDICTIONS_CSV)
-        atomic_write_json(
-            folder / PREDICTIONS_JSON,
-            {
-                "run": str(self.run_dir) if self.run_dir is not None else None,
-                "n_images": len(records),
-                "n_ng": sum(r["label"] == "NG" for r in records),
-                "n_skipped": len(skipped),
-                "threshold": cal.image_threshold,
-                "calibration": cal.to_dict(),
-                "images": records,
-            },
-        )
-        write_skipped_csv(skipped, folder / SKIPPED_FILE)
-        return PredictionReport(records=records, skipped=skipped, out=folder, calibration=cal)
+            writer.add(pred, image)
+        return writer.finish(cal, skipped, self.run_dir)
 
     # -- calibration ------------------------------------------------------------------------------------
 
@@ -512,6 +317,30 @@ class Predictor:
         """
         if any(s.label not in (0, 1) for s in samples):
             raise CalibrationError("labelled calibration needs images labelled good (0) or defective (1)")
+        scores, labels, maps, masks = self._labelled_outputs(samples, batch_size, progress)
+        cal = calibrate_from_labels(
+            scores,
+            labels,
+            maps,
+            masks,
+            pixel_k=self.cfg.calibration.pixel_k,
+            map_size=self.cfg.data.eval_size,
+        )
+        self.calibration = cal
+        return cal
+
+    @torch.no_grad()
+    def _labelled_outputs(
+        self, samples: Sequence[Sample], batch_size: int | None, progress: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Scores, labels, maps and (when every image has one) ground-truth masks of the readable samples.
+
+        Masks go through the image geometry (:func:`~ssfilter.data.transforms.build_mask_transform`),
+        like in ``evaluate``.
+
+        Raises:
+            CalibrationError: when no sample could be read.
+        """
         good, _ = validate_images([Path(s.path) for s in samples])
         keep = {str(p) for p in good}
         usable = [s for s in samples if s.path in keep]
@@ -533,29 +362,4 @@ class Predictor:
         if not scores:
             raise CalibrationError("no readable labelled image to calibrate from")
         all_masks = np.concatenate(masks) if np.concatenate(has_mask).all() else None
-        cal = calibrate_from_labels(
-            np.concatenate(scores),
-            np.concatenate(labels),
-            np.concatenate(maps),
-            all_masks,
-            pixel_k=self.cfg.calibration.pixel_k,
-            map_size=size,
-        )
-        self.calibration = cal
-        return cal
-
-
-def _save_png(image: Image.Image, path: Path) -> None:
-    """Write a PNG atomically."""
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-
-
-def _write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> None:
-    """Write prediction records as CSV (floats at full round-trip precision), atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(RECORD_FIELDS), lineterminator="\n")
-    writer.writeheader()
-    for rec in records:
-        writer.writerow(rec)
-    atomic_write_text(path, buffer.getvalue())
+        return np.concatenate(scores), np.concatenate(labels), np.concatenate(maps), all_masks

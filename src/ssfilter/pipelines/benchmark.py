@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,9 +38,10 @@ from ssfilter.pipelines.methods import (
     parse_methods,
     train_run,
 )
+from ssfilter.reporting.benchmark_tables import results_tables
 from ssfilter.runfolder import FILTER_CSV, FILTER_JSON, NOISE_SPLIT_FILE, SKIPPED_FILE
 
-__all__ = ["parse_methods", "results_markdown", "results_tables", "run_benchmark"]
+__all__ = ["parse_methods", "results_markdown", "run_benchmark"]
 
 
 def run_benchmark(
@@ -97,7 +97,7 @@ def run_benchmark(
     payload = {"rows": rows, "seconds": elapsed(), "data": str(data)}
     atomic_write_json(out / "results.json", payload)
     atomic_write_text(out / "results.md", results_markdown(rows))
-    from ssfilter.reporting.html import write_benchmark_report
+    from ssfilter.reporting.benchmark_page import write_benchmark_report
 
     write_benchmark_report(out, rows, subtitle=f"data: {data}; overlap: {overlap}")
     return payload
@@ -221,65 +221,6 @@ def _filter_stats(summary: dict[str, Any]) -> dict[str, Any]:
         "anomalies_removed": summary["anomalies_removed"],
         "n_kept": summary["n_kept"],
     }
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
-
-
-def results_tables(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The benchmark tables as ``{"title", "header", "rows"}`` of text cells (``-`` = undefined).
-
-    The first table holds I-AUROC / P-AUPRO (%) per method and alpha plus their mean over the alphas (a
-    mean needs every alpha); the second, present when a ``+filter`` method ran, the dataset-level filter's
-    quality per alpha (paper Fig. 4-5). :func:`results_markdown` and the HTML report render these.
-
-    Args:
-        rows: ``results.json`` rows.
-    """
-    alphas = sorted({r["alpha"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    by = {(r["method"], r["alpha"]): r for r in rows}
-    body = []
-    for m in methods:
-        cells, i_vals, p_vals = [], [], []
-        for a in alphas:
-            r = by.get((m, a))
-            i = r["metrics"].get("I-AUROC") if r else None
-            p = r["metrics"].get("P-AUPRO") if r else None
-            cells.append(f"{_pct(i)} / {_pct(p)}")
-            i_vals += [i] if i is not None else []
-            p_vals += [p] if p is not None else []
-        mean_i = sum(i_vals) / len(i_vals) if len(i_vals) == len(alphas) else None
-        mean_p = sum(p_vals) / len(p_vals) if len(p_vals) == len(alphas) else None
-        body.append([m, *cells, f"{_pct(mean_i)} / {_pct(mean_p)}"])
-    tables = [
-        {
-            "title": "I-AUROC / P-AUPRO (%)",
-            "header": ["method", *(f"alpha={a:g}" for a in alphas), "mean"],
-            "rows": body,
-        }
-    ]
-    filtered = [r for r in rows if r.get("filter")]
-    if filtered:
-        quality, seen = [], set()
-        for r in filtered:
-            if r["alpha"] in seen:
-                continue
-            seen.add(r["alpha"])
-            f = r["filter"]
-            quality.append(
-                [
-                    f"{r['alpha']:g}",
-                    _pct(f["noise_rate_before"]),
-                    _pct(f["noise_rate_after"]),
-                    _pct(f["normal_kept"]),
-                    _pct(f["anomalies_removed"]),
-                ]
-            )
-        header = ["alpha", "noise rate before", "noise rate after", "normal images kept", "anomalies removed"]
-        tables.append({"title": "Dataset-level filter (per alpha)", "header": header, "rows": quality})
-    return tables
 
 
 def results_markdown(rows: Sequence[dict[str, Any]]) -> str:

@@ -31,7 +31,7 @@ from ssfilter.runfolder import METRICS_FILE
 if TYPE_CHECKING:
     from ssfilter.data.datasets import Sample
     from ssfilter.filtering.dataset_filter import FilterRecords
-    from ssfilter.reporting.html import EvaluateReport
+    from ssfilter.reporting.evaluate_page import EvaluateReport
 
 __all__ = ["DemoSettings", "demo_config", "detect_backbone", "find_demo_weights", "run_demo"]
 
@@ -355,7 +355,9 @@ def _write_demo_report(
     out: Path, intro: str, records: FilterRecords, fsum: dict[str, Any], content: EvaluateReport, encoder: str
 ) -> Path:
     """Write ``out/report.html``: the intro, the filter's section and the evaluation's section."""
-    from ssfilter.reporting.html import ReportAssets, evaluate_section, filter_section, write_report
+    from ssfilter.reporting.evaluate_page import evaluate_section
+    from ssfilter.reporting.filter_page import filter_section
+    from ssfilter.reporting.frame import ReportAssets, write_report
 
     assets = [ReportAssets(out, "filter"), ReportAssets(out, "eval")]
     sections = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from ssfilter.data.datasets import AnomalyDataset, Sample
 from ssfilter.data.transforms import build_image_transform, build_mask_transform, denormalize
 from ssfilter.evaluation.evaluate import EvaluationResult, predict_maps
 from ssfilter.models.dinomaly import DinomalyModel
-from ssfilter.reporting.html import EvaluateReport, ExampleGroup, ExampleImage, HeatmapScale
+from ssfilter.reporting.evaluate_page import EvaluateReport, ExampleGroup, ExampleImage, HeatmapScale
 
 __all__ = ["build_evaluate_report", "heatmap_scale", "select_examples"]
 
@@ -85,6 +86,35 @@ def select_examples(result: EvaluationResult, per_group: int = 4) -> list[tuple[
     ]
 
 
+def _example(
+    model: DinomalyModel, item: dict[str, Any], sample: Sample, size: int, device: torch.device, amp: bool
+) -> ExampleImage:
+    """One test image run through the model: its view, raw map and score at the evaluation ``size``.
+
+    Args:
+        model: The evaluated model (in eval mode, on ``device``).
+        item: The sample's :class:`~ssfilter.data.datasets.AnomalyDataset` item (``image``, ``mask``).
+        sample: The test sample.
+        size: Evaluation size (side of the map and of the shown image).
+        device: Where the model runs.
+        amp: Use mixed precision as in the evaluation.
+    """
+    maps, scores = predict_maps(model, item["image"][None].to(device), size, amp=amp)
+    view = denormalize(item["image"], model.encoder.mean, model.encoder.std)
+    view = F.interpolate(view[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
+    pixels = (view.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    mask = F.interpolate(item["mask"][None].float(), size=(size, size), mode="nearest")[0, 0] > 0.5
+    return ExampleImage(
+        path=sample.path,
+        score=float(scores[0]),
+        label=int(sample.label),
+        defect_type=sample.defect_type,
+        image=pixels,
+        anomaly_map=maps[0].float().cpu().numpy(),
+        mask=mask.cpu().numpy() if sample.mask_path is not None else None,
+    )
+
+
 @torch.no_grad()
 def build_evaluate_report(
     model: DinomalyModel,
@@ -125,24 +155,7 @@ def build_evaluate_report(
     examples: dict[int, ExampleImage] = {}
     try:
         for k, i in enumerate(wanted):
-            item = dataset[k]
-            maps, scores = predict_maps(model, item["image"][None].to(device), size, amp=cfg.train.amp)
-            view = denormalize(item["image"], model.encoder.mean, model.encoder.std)
-            view = F.interpolate(view[None].float(), size=(size, size), mode="bilinear", align_corners=False)[
-                0
-            ]
-            pixels = (view.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-            mask = F.interpolate(item["mask"][None].float(), size=(size, size), mode="nearest")[0, 0] > 0.5
-            sample = by_path[result.paths[i]]
-            examples[i] = ExampleImage(
-                path=sample.path,
-                score=float(scores[0]),
-                label=int(sample.label),
-                defect_type=sample.defect_type,
-                image=pixels,
-                anomaly_map=maps[0].float().cpu().numpy(),
-                mask=mask.cpu().numpy() if sample.mask_path is not None else None,
-            )
+            examples[i] = _example(model, dataset[k], by_path[result.paths[i]], size, device, cfg.train.amp)
     finally:
         model.train(was_training)
     return EvaluateReport(

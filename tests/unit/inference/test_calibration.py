@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from ssfilter.errors import CalibrationError
-from ssfilter.inference.calibration import (
+from ssfilter.inference.calibration import Calibration
+from ssfilter.inference.calibration_rules import (
     MAD_TO_SIGMA,
-    Calibration,
     calibrate_from_labels,
     calibrate_unsupervised,
     map_extrema,

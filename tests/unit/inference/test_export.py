@@ -22,6 +22,7 @@ from ssfilter.data.datasets import discover  # noqa: E402
 from ssfilter.data.images import read_image  # noqa: E402
 from ssfilter.data.transforms import build_image_transform  # noqa: E402
 from ssfilter.inference import export as ex  # noqa: E402
+from ssfilter.inference import parity  # noqa: E402
 from ssfilter.inference.calibration import Calibration  # noqa: E402
 from ssfilter.inference.onnx_predictor import OnnxPredictor, preprocess, read_onnx_metadata  # noqa: E402
 from ssfilter.inference.predictor import Predictor  # noqa: E402
@@ -185,7 +186,7 @@ def test_parity_failure_refuses_and_writes_nothing(
     exported: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run, _ = exported
-    real = ex._ort_outputs
+    real = parity.ort_outputs
 
     def corrupted(session, x, batch_size):  # noqa: ANN001, ANN202
         maps, scores = real(session, x, batch_size)
@@ -193,7 +194,7 @@ def test_parity_failure_refuses_and_writes_nothing(
         maps[:, :, :8, :8] += 0.05  # a corner of every map drifts: a broken graph
         return maps, scores
 
-    monkeypatch.setattr(ex, "_ort_outputs", corrupted)
+    monkeypatch.setattr(parity, "ort_outputs", corrupted)
     target = tmp_path / "model.onnx"
     target.write_bytes(b"previous export")
     with pytest.raises(ex.ExportParityError) as info:
@@ -222,10 +223,10 @@ def test_label_mismatch_alone_fails_parity() -> None:
     maps = np.full((2, 1, 4, 4), 0.5, np.float32)
     ref = (maps, np.array([0.9, np.nextafter(np.float32(1.0), np.float32(0.0))], np.float32))
     got = (maps, np.array([0.9, 1.0], np.float32))
-    report = ex._compare(ref, got, cal, n_real=0)
+    report = parity.compare_outputs(ref, got, cal, n_real=0)
     assert report.max_score_diff <= ex.SCORE_TOLERANCE and report.max_map_diff == 0.0
     assert report.label_mismatches == 1 and not report.ok
-    same = ex._compare(ref, ref, cal, n_real=0)
+    same = parity.compare_outputs(ref, ref, cal, n_real=0)
     assert same.ok and same.label_mismatches == 0
 
 

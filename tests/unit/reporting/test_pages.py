@@ -14,18 +14,18 @@ from PIL import Image
 
 from ssfilter.evaluation.metrics import METRIC_KEYS, MetricAccumulator
 from ssfilter.filtering.dataset_filter import FilterRecord, FilterRecords, summarize, write_filter_outputs
-from ssfilter.pipelines.benchmark import results_markdown, results_tables
-from ssfilter.reporting.html import (
-    ASSETS_DIR,
-    REPORT_FILE,
+from ssfilter.pipelines.benchmark import results_markdown
+from ssfilter.reporting.benchmark_page import write_benchmark_report
+from ssfilter.reporting.benchmark_tables import results_tables
+from ssfilter.reporting.evaluate_page import (
     EvaluateReport,
     ExampleGroup,
     ExampleImage,
     HeatmapScale,
-    write_benchmark_report,
     write_evaluate_report,
-    write_filter_report,
 )
+from ssfilter.reporting.filter_page import write_filter_report
+from ssfilter.reporting.frame import ASSETS_DIR, REPORT_FILE
 
 NASTY = "<script>alert('x')</script> & \"q\".png"
 NASTY_FILE = "<script>alert('x') & \"q\".png"  # a file name cannot hold "/"
