@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -63,7 +64,7 @@ class _ToyMethod(TrainingMethod):
 
 
 @pytest.fixture
-def toy() -> type[_ToyMethod]:
+def toy() -> Iterator[type[_ToyMethod]]:
     _ToyMethod.instances.clear()
     cls = register_method(TOY)(_ToyMethod)
     yield cls

@@ -6,6 +6,12 @@ A method is a :class:`TrainingMethod` subclass registered with ``@register_metho
   adds synthetic anomalies (the paper's method, the default);
 - ``dinomaly`` (:mod:`.dinomaly`): plain Dinomaly, every image trained on.
 
+Adding a method: a new module here with a :class:`TrainingMethod` subclass decorated with
+``@register_method("name")`` (its :meth:`~TrainingMethod.step`, and :meth:`~TrainingMethod.checkpoint` /
+:meth:`~TrainingMethod.restore` when it has state or logs), plus its line in
+:data:`~ssfilter.training.methods.registry.BUILTIN_METHODS`; the trainer and the CLI pick it up from
+there. A method defined outside the package only needs the decorator.
+
 This package imports nothing heavy: listing the names does not load torch.
 """
 

@@ -25,7 +25,7 @@ __all__ = [
     "unregister_method",
 ]
 
-M = TypeVar("M", bound="type[TrainingMethod]")
+_MethodClass = TypeVar("_MethodClass", bound="type[TrainingMethod]")
 
 #: Built-in methods: name -> the module that registers it. Adding one is a new module in this package
 #: plus its line here (in the order the CLI lists them).
@@ -41,7 +41,7 @@ class UnknownMethodError(SSFilterError, ValueError):
     """No training method is registered under the requested name."""
 
 
-def register_method(name: str) -> Callable[[M], M]:
+def register_method(name: str) -> Callable[[_MethodClass], _MethodClass]:
     """Class decorator: register a :class:`TrainingMethod` subclass as ``name`` (``cfg.train.method``).
 
     Args:
@@ -53,7 +53,7 @@ def register_method(name: str) -> Callable[[M], M]:
     if not name or not name.strip():
         raise ValueError("a training method needs a non-empty name")
 
-    def decorate(cls: M) -> M:
+    def decorate(cls: _MethodClass) -> _MethodClass:
         module = BUILTIN_METHODS.get(name)
         if module is not None and cls.__module__ != module:
             raise ValueError(f"{name!r} is a built-in training method (defined in {module})")
