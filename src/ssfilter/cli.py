@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ssfilter.config import PRESETS
+from ssfilter.training.methods import list_methods
 from ssfilter.version import VERSION
 
 __all__ = ["build_parser", "main"]
 
-METHODS = ("ssfilter", "dinomaly")
+METHODS = list_methods()
 
 
 def _add_config_options(p: argparse.ArgumentParser, *, train: bool) -> None:

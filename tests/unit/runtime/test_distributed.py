@@ -11,8 +11,9 @@ from ssfilter.models.anomaly_map import point_distance
 from ssfilter.models.dinomaly import _seeded_dropout
 from ssfilter.runtime.distributed import derive_seed, gather_rows, is_main_process, shard_bounds, world_size
 from ssfilter.training.checkpoint import build_model
+from ssfilter.training.filter_log import merge_filter_rows
 from ssfilter.training.losses import hard_cosine_loss
-from ssfilter.training.trainer import _merge_filter_rows, dropout_row_seeds
+from ssfilter.training.plan import dropout_row_seeds
 
 
 @pytest.mark.parametrize(("n", "world"), [(8, 2), (7, 2), (32, 3), (5, 5), (4, 1)])
@@ -98,10 +99,10 @@ def test_merge_filter_rows_sums_counts_and_averages_statistics() -> None:
     labels = {"anomalies": 1, "anomalies_discarded": 1, "normals": 3, "normals_discarded": 1}
     r0 = {**base, **labels, "kept": 2, "mu1": 0.1, "sigma1": 0.02}
     r1 = {**base, **labels, "kept": 3, "mu1": 0.3, "sigma1": math.nan}
-    (row,) = _merge_filter_rows([[r0], [r1]])
+    (row,) = merge_filter_rows([[r0], [r1]])
     assert row["batch"] == 8 and row["kept"] == 5 and row["material"] == 2 and row["synthetic"] == 2
     assert row["anomalies"] == 2 and row["normals_discarded"] == 2
     assert row["mu1"] == pytest.approx(0.2) and row["sigma1"] == pytest.approx(0.02)
-    assert _merge_filter_rows([[r0]]) == [r0]
-    (no_labels,) = _merge_filter_rows([[base | {"kept": 2, "mu1": 0.1, "sigma1": 0.0}], [r1]])
+    assert merge_filter_rows([[r0]]) == [r0]
+    (no_labels,) = merge_filter_rows([[base | {"kept": 2, "mu1": 0.1, "sigma1": 0.0}], [r1]])
     assert "anomalies" not in no_labels
