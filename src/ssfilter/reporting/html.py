@@ -982,7 +982,7 @@ def write_filter_report(
         title: Page title (default "ssfilter filter report").
         max_thumbnails: Quarantined images shown with a thumbnail.
     """
-    from ssfilter.filtering.dataset_filter import summarize
+    from ssfilter.filtering.filter_outputs import summarize
     from ssfilter.runfolder import FILTER_CSV, FILTER_JSON
 
     out = Path(out_dir)

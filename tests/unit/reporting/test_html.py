@@ -14,7 +14,7 @@ from PIL import Image
 
 from ssfilter.evaluation.benchmark import results_markdown, results_tables
 from ssfilter.evaluation.metrics import METRIC_KEYS, MetricAccumulator
-from ssfilter.filtering.dataset_filter import FilterRecord, FilterRecords, summarize, write_filter_outputs
+from ssfilter.filtering.filter_outputs import FilterRecord, FilterRecords, summarize, write_filter_outputs
 from ssfilter.reporting.html import (
     ASSETS_DIR,
     REPORT_FILE,
