@@ -1,8 +1,8 @@
 """The dataset filter's result: a record per image, its summary, and ``filter.csv`` / ``filter.json``.
 
 The records are what :mod:`ssfilter.filtering.dataset_filter` (the kappa1/kappa2 vote) returns and what
-:mod:`ssfilter.filtering.clean_export` and the filter report read; this module needs neither a model nor
-torch, so reading and summarising a filter's result stays cheap.
+:mod:`ssfilter.filtering.clean_export` and the filter report read; this module needs no model, so
+summarising and writing the dataset filter's result does not load the filtering machinery.
 """
 
 from __future__ import annotations

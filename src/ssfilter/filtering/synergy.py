@@ -1,4 +1,4 @@
-"""In-batch synergy scoring filter (paper §3.4, Eq. 5-10; SPEC §4).
+"""The in-batch filter's synergy selection: which images of a batch to keep (paper §3.4, Eq. 5-10; SPEC §4).
 
 Each training batch is split by its ranking scores: the lower half (the most normal-looking images) is kept
 for training, images of the upper half are recalled when their uncertainty is at most the normal anchor
