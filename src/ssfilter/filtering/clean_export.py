@@ -106,6 +106,17 @@ def _check_destination(
             raise ValueError(f"refusing to export into '{out}': it lies inside the source folder '{folder}'")
 
 
+def _kept_images(records: Sequence[FilterRecord]) -> list[FilterRecord]:
+    """The records judged normal, each checked to still exist (the export fails before writing anything)."""
+    kept = [r for r in records if r.decision == "normal"]
+    for r in kept:
+        if not os.path.isfile(r.path):
+            raise FileNotFoundError(
+                f"kept image '{r.path}' does not exist (moved or deleted after filtering?)"
+            )
+    return kept
+
+
 def _lay_out(
     good: Path, kept: Sequence[FilterRecord], root: str | None, mode: ExportMode
 ) -> list[tuple[str, str]]:
@@ -171,12 +182,7 @@ def export_clean(
         raise ValueError(f"unknown export mode {mode!r}; choose auto, symlink, hardlink or copy")
     out = Path(os.path.abspath(dest))
     _check_destination(out, records, source_root)
-    kept = [r for r in records if r.decision == "normal"]
-    for r in kept:
-        if not os.path.isfile(r.path):
-            raise FileNotFoundError(
-                f"kept image '{r.path}' does not exist (moved or deleted after filtering?)"
-            )
+    kept = _kept_images(records)
     if not kept:
         warnings.warn("the dataset filter kept no image; the exported folder is empty", stacklevel=2)
 
