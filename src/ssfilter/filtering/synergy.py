@@ -159,6 +159,24 @@ def _decision(
     )
 
 
+def _keep_and_material(
+    lower: Tensor, u: Tensor | None, mu1: float, margin: float, use_urecall: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(keep, material, recalled)`` from the lower half of the ranking (Eq. 7 and Eq. 10).
+
+    ``u`` is None when uncertainty is off: keep the lower half, no recall, no material. ``margin`` is
+    ``tau * sigma1``.
+    """
+    upper = ~lower
+    zeros = torch.zeros(lower.numel(), dtype=torch.bool)
+    if u is None:
+        return lower, zeros, zeros
+    recalled = upper & (u <= mu1) if use_urecall else zeros  # Eq. 7, second term
+    keep = lower | recalled
+    material = upper & (u >= mu1 + margin) & ~keep  # Eq. 10; keeping wins when tau*sigma1 == 0
+    return keep, material, recalled
+
+
 def synergy_select(
     a: Tensor | None,
     u: Tensor | None,
@@ -226,13 +244,6 @@ def synergy_select(
         _uncertainty_anchor(u64, lower_half_mask(base, m)) if u64 is not None else (math.nan, math.nan)
     )
     lower = lower_half_mask(ranking, m)
-    upper = ~lower
-    zeros = torch.zeros(n, dtype=torch.bool)
-    if use_uncertainty:
-        assert u64 is not None
-        recalled = upper & (u64 <= mu1) if use_urecall else zeros  # Eq. 7, second term
-        keep = lower | recalled
-        material = upper & (u64 >= mu1 + tau * sigma1) & ~keep  # Eq. 10; keeping wins when tau*sigma1 == 0
-    else:
-        recalled, keep, material = zeros, lower, zeros
+    u_eff = u64 if use_uncertainty else None
+    keep, material, recalled = _keep_and_material(lower, u_eff, mu1, tau * sigma1, use_urecall)
     return _decision(keep, material, ranking, (mu1, sigma1), phase, int(recalled.sum()), like)
