@@ -210,7 +210,8 @@ def run_demo(
     from ssfilter.api import Detector
     from ssfilter.data.datasets import LABEL_ANOMALOUS, discover
     from ssfilter.evaluation.evaluate import evaluate_model
-    from ssfilter.filtering.dataset_filter import filter_dataset, summarize, write_filter_outputs
+    from ssfilter.filtering.dataset_filter import filter_dataset
+    from ssfilter.filtering.filter_outputs import summarize, write_filter_outputs
     from ssfilter.io import atomic_write_json
     from ssfilter.reporting.evaluate_page import evaluate_section
     from ssfilter.reporting.examples import build_evaluate_report
