@@ -20,6 +20,7 @@ from ssfilter.models.encoders.cnn import CNNEncoder
 from ssfilter.models.encoders.registry import (
     BACKBONES,
     EncoderEntry,
+    UnknownEncoderError,
     build_encoder,
     encoder_entry,
     identify_weights,
@@ -35,6 +36,7 @@ __all__ = [
     "Encoder",
     "EncoderEntry",
     "EncoderFeatures",
+    "UnknownEncoderError",
     "ViTEncoder",
     "build_encoder",
     "encoder_entry",

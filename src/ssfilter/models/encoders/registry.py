@@ -25,6 +25,7 @@ from typing import Protocol, overload
 
 import torch
 
+from ssfilter.errors import SSFilterError
 from ssfilter.models.encoders.base import Encoder
 from ssfilter.models.encoders.weights import read_shapes
 
@@ -33,6 +34,7 @@ __all__ = [
     "EncoderBuilder",
     "EncoderEntry",
     "ShapeTest",
+    "UnknownEncoderError",
     "build_encoder",
     "encoder_entry",
     "identify_weights",
@@ -85,6 +87,10 @@ class EncoderEntry:
 _REGISTRY: dict[str, EncoderEntry] = {}
 
 
+class UnknownEncoderError(SSFilterError, ValueError):
+    """No backbone is registered under the requested name."""
+
+
 def register_encoder(
     name: str,
     *,
@@ -116,7 +122,7 @@ def unregister_encoder(name: str) -> EncoderEntry:
     """Remove a backbone from the registry and return its entry (for tests and plugins that replace one).
 
     Raises:
-        ValueError: ``name`` is not registered.
+        UnknownEncoderError: ``name`` is not registered.
     """
     entry = encoder_entry(name)
     del _REGISTRY[name]
@@ -132,11 +138,11 @@ def encoder_entry(name: str) -> EncoderEntry:
     """The registry entry of backbone ``name``.
 
     Raises:
-        ValueError: Unknown backbone; the message lists the known ones.
+        UnknownEncoderError: Unknown backbone; the message lists the known ones.
     """
     entry = _REGISTRY.get(name)
     if entry is None:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(list_encoders())}")
+        raise UnknownEncoderError(f"unknown backbone {name!r}; choose one of {', '.join(list_encoders())}")
     return entry
 
 
@@ -161,7 +167,7 @@ def build_encoder(
             left as it was.
 
     Raises:
-        ValueError: for an unknown backbone.
+        UnknownEncoderError: for an unknown backbone (a ``ValueError``).
         WeightsUnavailableError: when weights are needed and cannot be obtained.
     """
     entry = encoder_entry(name)

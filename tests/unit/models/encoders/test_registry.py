@@ -12,11 +12,12 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ssfilter.errors import WeightsUnavailableError
+from ssfilter.errors import SSFilterError, WeightsUnavailableError
 from ssfilter.models.encoders import (
     BACKBONES,
     Encoder,
     EncoderFeatures,
+    UnknownEncoderError,
     build_encoder,
     encoder_entry,
     identify_weights,
@@ -113,6 +114,7 @@ def test_bad_stride_is_rejected() -> None:
 def test_unknown_name_lists_the_known_ones(toy: list[dict[str, object]]) -> None:
     with pytest.raises(ValueError, match="unknown backbone 'resnet9000'") as info:
         build_encoder("resnet9000")
+    assert isinstance(info.value, UnknownEncoderError) and isinstance(info.value, SSFilterError)
     for name in [*BUILT_IN, "toy_net"]:
         assert name in str(info.value)
     with pytest.raises(ValueError, match="unknown backbone"):
