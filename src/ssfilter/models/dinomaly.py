@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssfilter.config import ModelConfig
+from ssfilter.models.decoder_blocks import build_decoder_block
 from ssfilter.models.encoders import Encoder, EncoderFeatures
-from ssfilter.models.mlla import build_decoder_block, init_weights
+from ssfilter.models.layers import init_weights
 
 __all__ = ["Bottleneck", "DinomalyModel", "Reconstruction", "tokens_to_grid"]
 

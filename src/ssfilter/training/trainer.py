@@ -35,7 +35,6 @@ from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, Sample
 from ssfilter.data.transforms import build_image_transform
 from ssfilter.models.dinomaly import DinomalyModel
-from ssfilter.models.encoders import CNNEncoder
 from ssfilter.models.feature_cache import FeatureCache
 from ssfilter.runfolder import LOG_FILE, MODEL_FILE, STATE_FILE
 from ssfilter.runtime import distributed
@@ -179,7 +178,7 @@ class Trainer:
         rank, world = distributed.rank(), distributed.world_size()
         seed_everything(cfg.train.seed)
         model = build_model(cfg).to(self.device)
-        channels_last = self.device.type == "cuda" and isinstance(model.encoder, CNNEncoder)
+        channels_last = self.device.type == "cuda" and model.encoder.prefers_channels_last
         enable_tf32(self.device)
         if channels_last:
             model.encoder.to(memory_format=torch.channels_last)
