@@ -27,7 +27,7 @@ from ssfilter.io import atomic_writer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_SUBDIR", "MANIFEST_CSV", "ExportMode", "export_clean", "export_name"]
+__all__ = ["EXPORT_SUBDIR", "MANIFEST_CSV", "ExportMode", "export_clean", "export_name", "staging_prefix"]
 
 ExportMode = Literal["auto", "symlink", "hardlink", "copy"]
 
@@ -209,7 +209,7 @@ def export_clean(
 # -- staging folders --------------------------------------------------------------------------------------
 
 
-def _staging_prefix(out: Path) -> str:
+def staging_prefix(out: Path) -> str:
     """Name prefix of this host's staging folders for ``out``: ``.NAME.HOST.`` (then ``PID.RAND.partial``)."""
     host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
     return f".{out.name}.{host}."
@@ -233,7 +233,7 @@ def _remove_orphaned_staging(out: Path) -> list[Path]:
     are removed: a concurrent export (live process) or one on another machine sharing the file system
     is left alone.
     """
-    prefix = _staging_prefix(out)
+    prefix = staging_prefix(out)
     removed = []
     for entry in out.parent.glob(f"{glob.escape(prefix)}*.partial"):
         pid_text = entry.name[len(prefix) :].split(".", 1)[0]
@@ -254,7 +254,7 @@ def _make_staging(out: Path) -> Path:
     for orphan in _remove_orphaned_staging(out):
         log.info("removed '%s', left by an export that was killed", orphan)
     while True:
-        candidate = out.parent / f"{_staging_prefix(out)}{os.getpid()}.{secrets.token_hex(4)}.partial"
+        candidate = out.parent / f"{staging_prefix(out)}{os.getpid()}.{secrets.token_hex(4)}.partial"
         try:
             candidate.mkdir()
         except FileExistsError:

@@ -131,10 +131,10 @@ def test_export_removes_staging_folders_of_killed_exports_only(tmp_path: Path, s
     import subprocess
     import sys
 
-    from ssfilter.filtering.clean_export import _staging_prefix
+    from ssfilter.filtering.clean_export import staging_prefix
 
     dest = tmp_path / "clean"
-    host_prefix = _staging_prefix(dest)  # ".clean.HOST."
+    host_prefix = staging_prefix(dest)  # ".clean.HOST."
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ssfilter.models.anomaly_map import point_distance
-from ssfilter.models.dinomaly import _seeded_dropout
+from ssfilter.models.dinomaly import seeded_dropout
 from ssfilter.runtime.distributed import derive_seed, gather_rows, is_main_process, shard_bounds, world_size
 from ssfilter.training.checkpoint import build_model
 from ssfilter.training.filter_log import merge_filter_rows
@@ -86,7 +86,7 @@ def test_row_seeded_dropout_does_not_depend_on_the_rest_of_the_batch(tiny_config
     assert not torch.allclose(other[0], first[0]), "another seed gives another dropout mask"
     # The masks keep about 1 - p of the values, scaled by 1 / (1 - p), as F.dropout.
     x = torch.ones(2, 500, 40)
-    out = _seeded_dropout(x, 0.2, [torch.Generator().manual_seed(s) for s in (1, 2)])
+    out = seeded_dropout(x, 0.2, [torch.Generator().manual_seed(s) for s in (1, 2)])
     kept = out != 0
     torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1.25))
     assert abs(float(kept.float().mean()) - 0.8) < 0.01
