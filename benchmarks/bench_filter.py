@@ -29,7 +29,8 @@ from benchmarks.common import Context, Row, now, random_config, random_model
 from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, discover
 from ssfilter.data.synthetic import make_synthetic_category
-from ssfilter.filtering.dataset_filter import FilterRecords, filter_dataset
+from ssfilter.filtering.dataset_filter import filter_dataset
+from ssfilter.filtering.filter_outputs import FilterRecords
 from ssfilter.models.dinomaly import DinomalyModel
 
 __all__ = ["run"]

@@ -269,8 +269,9 @@ class Detector:
             RunExistsError: ``out`` holds a finished filter and ``overwrite`` is false.
             FileExistsError: ``export_clean`` exists and is not an empty folder (checked before filtering).
         """
-        from ssfilter.filtering.dataset_filter import export_clean as export
-        from ssfilter.filtering.dataset_filter import filter_dataset, summarize, write_filter_outputs
+        from ssfilter.filtering.clean_export import export_clean as export
+        from ssfilter.filtering.dataset_filter import filter_dataset
+        from ssfilter.filtering.filter_outputs import summarize, write_filter_outputs
 
         out_dir = Path(out)
         done = [name for name in (FILTER_CSV, FILTER_JSON) if (out_dir / name).exists()]

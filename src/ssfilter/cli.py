@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ssfilter.config import PRESETS
+from ssfilter.training.methods import list_methods
 from ssfilter.version import VERSION
 
 __all__ = ["build_parser", "main"]
 
-METHODS = ("ssfilter", "dinomaly")
+METHODS = list_methods()
 
 
 def _add_config_options(p: argparse.ArgumentParser, *, train: bool) -> None:
@@ -68,24 +69,8 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``ssfilter`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="ssfilter",
-        description="Fully unsupervised anomaly detection on noisy image sets (SSFilter on Dinomaly-MLLA).",
-    )
-    parser.add_argument("--version", action="version", version=f"ssfilter {VERSION}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    parser.add_argument(
-        "--max-image-pixels",
-        type=_non_negative_int,
-        default=None,
-        metavar="N",
-        help="decompression-bomb limit per image in pixels (default: Pillow's, about 89 Mpx; 0: no limit); "
-        "raise it for trusted very large images such as line-scan captures",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    """Arguments of ``ssfilter train``."""
     p = sub.add_parser("train", help="train a model on a folder of (mostly good) images")
     p.add_argument("--data", type=Path, required=True, help="MVTec-layout category or any folder of images")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
@@ -111,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(p, train=True)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    """Arguments of ``ssfilter evaluate``."""
     p = sub.add_parser("evaluate", help="metrics of a trained run on an MVTec-layout test split")
     p.add_argument("--run", type=Path, required=True, help="run folder")
     p.add_argument("--data", type=Path, default=None, help="test data (default: the run's training folder)")
@@ -124,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
+
+def _add_filter(sub: argparse._SubParsersAction) -> None:
+    """Arguments of ``ssfilter filter``."""
     p = sub.add_parser(
         "filter", help="filter a whole training set with a trained run (writes filter.csv/json)"
     )
@@ -144,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace the results of an earlier filter in --out"
     )
 
+
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    """Arguments of ``ssfilter benchmark``."""
     p = sub.add_parser("benchmark", help="methods x noise levels on one MVTec-layout folder (paper tables)")
     p.add_argument("--data", type=Path, required=True, help="MVTec-layout category")
     p.add_argument("--alphas", default="0,0.1,0.2,0.4", help="noise levels, comma separated")
@@ -161,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a benchmark")
     _add_config_options(p, train=True)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    """Arguments of ``ssfilter predict``."""
     p = sub.add_parser(
         "predict", help="score new images: OK/NG, normalised scores, heat-map overlays and defect masks"
     )
@@ -177,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="write into an --out that holds predictions")
 
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    """Arguments of ``ssfilter calibrate``."""
     p = sub.add_parser(
         "calibrate", help="(re)compute a run's OK/NG and pixel thresholds (RUN/calibration.json)"
     )
@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    """Arguments of ``ssfilter export``."""
     p = sub.add_parser(
         "export",
         help="export a run's whole inference graph to ONNX, checked against PyTorch",
@@ -214,9 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
         "OK/NG label differs",
     )
 
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    """Arguments of ``ssfilter info``."""
     p = sub.add_parser("info", help="parameter count and GFLOPs of a configuration (JSON)")
     _add_config_options(p, train=False)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    """Arguments of ``ssfilter demo``."""
     p = sub.add_parser("demo", help="offline end-to-end demo on generated images (no data or weights needed)")
     p.add_argument(
         "--out", type=Path, default=Path("ssfilter_demo"), help="output folder (default ssfilter_demo)"
@@ -227,6 +236,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoder weights: DINOv2 (Meta .pth / timm .safetensors) or MobileNetV2; default: "
         "$SSFILTER_DEMO_WEIGHTS or DINOv2 weights in the local Hugging Face cache, else a random encoder",
     )
+
+
+#: One function per command, in the order ``--help`` lists them.
+_SUBCOMMANDS = (
+    _add_train,
+    _add_evaluate,
+    _add_filter,
+    _add_benchmark,
+    _add_predict,
+    _add_calibrate,
+    _add_export,
+    _add_info,
+    _add_demo,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ssfilter`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="ssfilter",
+        description="Fully unsupervised anomaly detection on noisy image sets (SSFilter on Dinomaly-MLLA).",
+    )
+    parser.add_argument("--version", action="version", version=f"ssfilter {VERSION}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="decompression-bomb limit per image in pixels (default: Pillow's, about 89 Mpx; 0: no limit); "
+        "raise it for trusted very large images such as line-scan captures",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(sub)
     return parser
 
 

@@ -34,10 +34,11 @@ from ssfilter.config import Config, save_config
 from ssfilter.data.datasets import AnomalyDataset, discover
 from ssfilter.data.transforms import build_image_transform
 from ssfilter.filtering.batch_filter import BatchFilter
-from ssfilter.runfolder import FILTER_LOG_FILE, FILTER_RANKS_LOG_FILE, MODEL_FILE, STATE_FILE
+from ssfilter.runfolder import FILTER_LOG_FILE, FILTER_RANKS_LOG_FILE, LOG_FILE, MODEL_FILE, STATE_FILE
 from ssfilter.runtime.distributed import shard_bounds
 from ssfilter.training.checkpoint import build_model, load_model, load_train_state
-from ssfilter.training.trainer import LOG_FILE, BatchPlan, Trainer, iteration_rng_seed
+from ssfilter.training.plan import BatchPlan, iteration_rng_seed
+from ssfilter.training.trainer import Trainer
 
 pytestmark = [
     pytest.mark.skipif(os.name != "posix", reason="torchrun test on POSIX only"),

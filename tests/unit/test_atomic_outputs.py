@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ssfilter.data.datasets import discover
-from ssfilter.filtering.dataset_filter import FilterRecord, write_filter_outputs
+from ssfilter.filtering.filter_outputs import FilterRecord, write_filter_outputs
 from ssfilter.io import atomic_write_json, atomic_writer
 from ssfilter.runfolder import MODEL_FILE, STATE_FILE
 from ssfilter.training import trainer as trainer_mod

@@ -9,7 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssfilter.filtering.dataset_filter import FilterRecord, _epoch_batches, _export_name, decide, summarize
+from ssfilter.filtering.clean_export import export_name
+from ssfilter.filtering.dataset_filter import decide, epoch_batches
+from ssfilter.filtering.filter_outputs import FilterRecord, summarize
 
 FUZZ = settings(max_examples=80, deadline=None, derandomize=True)
 RATIOS = ("noise_rate_before", "noise_rate_after", "normal_kept", "anomalies_removed")
@@ -28,7 +30,7 @@ def test_decide_is_strictly_more_than_min_keep(times_kept: int, min_keep: int) -
 def test_every_image_counted_once_per_epoch(n: int, batch_size: int, seed: int, epochs: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        batches = _epoch_batches(n, batch_size, gen)
+        batches = epoch_batches(n, batch_size, gen)
         counted = sorted(i for indices, c in batches for i in indices[:c])
         assert counted == list(range(n))
         for indices, c in batches:
@@ -95,7 +97,7 @@ PATH_PART = st.text(
 )
 def test_export_names_are_one_safe_component(parts: list[str], absolute: bool, root: str | None) -> None:
     raw = ("/" if absolute else "") + "/".join(parts)
-    name = _export_name(raw, root)
+    name = export_name(raw, root)
     assert name and name not in (".", "..")
     assert "/" not in name and "\\" not in name and "\x00" not in name
     assert not name.startswith(".")

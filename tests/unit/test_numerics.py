@@ -17,7 +17,8 @@ from PIL import Image
 
 from ssfilter.api import Detector
 from ssfilter.data.datasets import Sample
-from ssfilter.filtering.dataset_filter import filter_dataset, summarize
+from ssfilter.filtering.dataset_filter import filter_dataset
+from ssfilter.filtering.filter_outputs import summarize
 from ssfilter.training.checkpoint import build_model, load_model
 
 

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from ssfilter.cli import main
 from ssfilter.config import load_config, save_config
-from ssfilter.filtering.dataset_filter import FilterRecord, export_clean
+from ssfilter.filtering.clean_export import export_clean
+from ssfilter.filtering.filter_outputs import FilterRecord
 from ssfilter.runfolder import CONFIG_FILE, MODEL_FILE, STATE_FILE
 from ssfilter.training.checkpoint import RunFormatError, load_model, load_train_state
 

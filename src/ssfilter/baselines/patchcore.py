@@ -111,7 +111,7 @@ class PatchCoreConfig:
 
 def default_local_pool(encoder: Encoder) -> int:
     """Neighbourhood for locally aware features: 1 for CNNs (descriptors already pooled), 3 for ViTs."""
-    return 1 if encoder.num_prefix == 0 else 3
+    return 1 if encoder.pooled_descriptors else 3
 
 
 def batch_images(batch: Tensor | Mapping[str, Any]) -> Tensor:

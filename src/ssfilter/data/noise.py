@@ -335,23 +335,30 @@ def apply_split(
         clean_train, clean_test = mvtec_samples(base, "train"), mvtec_samples(base, "test")
     else:
         clean_train, clean_test = list(pool[0]), list(pool[1])
-    samples = [*clean_train, *clean_test]
     lookup: dict[str, Sample] = {}
-    for sample in samples:
+    for sample in [*clean_train, *clean_test]:
         # Test entries overwrite train ones: an injected test image keeps its anomalous label and mask.
         if sample.path not in lookup or sample.label == LABEL_ANOMALOUS:
             lookup[sample.path] = sample
-    source = split.source
-
-    def locate(path: str) -> str:
-        if source and source != base:
-            rel = os.path.relpath(path, source)
-            if not rel.startswith(os.pardir + os.sep) and rel != os.pardir and not os.path.isabs(rel):
-                return os.path.join(base, rel)
-        return os.path.abspath(path)
-
     train_paths = split.train or [*(s.path for s in clean_train), *split.injected]
-    located = {p: locate(p) for p in [*train_paths, *split.test, *split.injected]}
+    located = {p: _reroot(p, split.source, base) for p in [*train_paths, *split.test, *split.injected]}
+    _check_located(located, lookup, base)
+    train = [lookup[located[p]] for p in train_paths]
+    test = [lookup[located[p]] for p in split.test]
+    return train, test
+
+
+def _reroot(path: str, source: str | None, base: str) -> str:
+    """``path`` moved from the split's recorded root ``source`` onto ``base`` (when it lay under it)."""
+    if source and source != base:
+        rel = os.path.relpath(path, source)
+        if not rel.startswith(os.pardir + os.sep) and rel != os.pardir and not os.path.isabs(rel):
+            return os.path.join(base, rel)
+    return os.path.abspath(path)
+
+
+def _check_located(located: dict[str, str], lookup: dict[str, Sample], base: str) -> None:
+    """Refuse a split whose images are gone or lie outside the data set at ``base``."""
     gone = [p for p, q in located.items() if not os.path.exists(q)]
     if gone:
         examples = ", ".join(gone[:3]) + (", ..." if len(gone) > 3 else "")
@@ -366,9 +373,6 @@ def apply_split(
             f"{len(foreign)} image(s) listed in the noise split are not part of the data set at '{base}' "
             f"({examples})"
         )
-    train = [lookup[located[p]] for p in train_paths]
-    test = [lookup[located[p]] for p in split.test]
-    return train, test
 
 
 def contamination(samples: Sequence[Sample]) -> dict[str, Any]:

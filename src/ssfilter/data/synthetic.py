@@ -273,64 +273,20 @@ def make_synthetic_category(
         ValueError: Bad arguments.
         FileExistsError: ``root`` exists and is not empty.
     """
-    if kind not in ("object", "texture"):
-        raise ValueError(f"kind must be 'object' or 'texture', got {kind!r}")
-    if size < 32:
-        raise ValueError(f"size must be at least 32 px, got {size}")
     counts = {"n_train_good": n_train_good, "n_test_good": n_test_good, "n_test_defect": n_test_defect}
     counts["n_train_defect"] = n_train_defect
-    if any(n < 0 for n in counts.values()):
-        raise ValueError(f"image counts must be non-negative, got {counts}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+    _check_arguments(kind, size, counts, seed)
     out = Path(root)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"'{out}' exists and is not empty; choose a new folder for the synthetic data")
-    style = _style(seed, kind)
-    render = _render_object if kind == "object" else _render_texture
-
-    def image(split: str, index: int, defect: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-        rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
-        canvas = render(rng, size, style)
-        if defect is None:
-            return _to_uint8(canvas.pixels), None
-        pixels, mask = _add_defect(rng, canvas, kind, defect)
-        return _to_uint8(pixels), mask
-
-    train_dir = out / "train" / "good"
+    painter = _Painter(seed, kind, size)
+    train_defective = _write_train(out, painter, n_train_good, n_train_defect)
     test_good_dir = out / "test" / "good"
-    for folder in (train_dir, test_good_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-
-    n_train = n_train_good + n_train_defect
-    order = np.random.default_rng([seed, 9]).permutation(n_train)
-    hidden = {
-        int(i): DEFECT_TYPES[j % len(DEFECT_TYPES)] for j, i in enumerate(sorted(order[:n_train_defect]))
-    }
-    train_defective: dict[str, str] = {}
-    for i in range(n_train):
-        pixels, _ = image("train", i, hidden.get(i))
-        _save_png(pixels, train_dir / f"{i:03d}.png")
-        if i in hidden:
-            train_defective[f"train/good/{i:03d}.png"] = hidden[i]
-
+    test_good_dir.mkdir(parents=True, exist_ok=True)
     for i in range(n_test_good):
-        pixels, _ = image("test_good", i, None)
+        pixels, _ = painter.image("test_good", i, None)
         _save_png(pixels, test_good_dir / f"{i:03d}.png")
-
-    per_type: dict[str, int] = {}
-    for i in range(n_test_defect):
-        defect = DEFECT_TYPES[i % len(DEFECT_TYPES)]
-        number = per_type.get(defect, 0)
-        per_type[defect] = number + 1
-        pixels, mask = image("test_defect", i, defect)
-        assert mask is not None
-        image_dir, gt_dir = out / "test" / defect, out / "ground_truth" / defect
-        image_dir.mkdir(parents=True, exist_ok=True)
-        gt_dir.mkdir(parents=True, exist_ok=True)
-        _save_png(pixels, image_dir / f"{number:03d}.png")
-        _save_png(mask.astype(np.uint8) * 255, gt_dir / f"{number:03d}_mask.png")
-
+    _write_test_defects(out, painter, n_test_defect)
     _write_json(
         {
             "generator": "ssfilter.data.synthetic",
@@ -345,3 +301,68 @@ def make_synthetic_category(
         out / MANIFEST_NAME,
     )
     return out
+
+
+def _check_arguments(kind: str, size: int, counts: dict[str, int], seed: int) -> None:
+    if kind not in ("object", "texture"):
+        raise ValueError(f"kind must be 'object' or 'texture', got {kind!r}")
+    if size < 32:
+        raise ValueError(f"size must be at least 32 px, got {size}")
+    if any(n < 0 for n in counts.values()):
+        raise ValueError(f"image counts must be non-negative, got {counts}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+
+
+class _Painter:
+    """Renders image ``index`` of a split, with or without a defect, as a pure function of the seed."""
+
+    def __init__(self, seed: int, kind: Literal["object", "texture"], size: int) -> None:
+        self.seed, self.kind, self.size = seed, kind, size
+        self.style = _style(seed, kind)
+        self.render = _render_object if kind == "object" else _render_texture
+
+    def image(self, split: str, index: int, defect: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(uint8 pixels, defect mask or None)`` of one image."""
+        rng = np.random.default_rng([self.seed, _SPLIT_CODES[split], index])
+        canvas = self.render(rng, self.size, self.style)
+        if defect is None:
+            return _to_uint8(canvas.pixels), None
+        pixels, mask = _add_defect(rng, canvas, self.kind, defect)
+        return _to_uint8(pixels), mask
+
+
+def _write_train(out: Path, painter: _Painter, n_good: int, n_defect: int) -> dict[str, str]:
+    """Write ``train/good`` with ``n_defect`` defective images hidden among the good ones.
+
+    Returns:
+        The hidden defective images (paths relative to ``out``) and their defect types.
+    """
+    train_dir = out / "train" / "good"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    n_train = n_good + n_defect
+    order = np.random.default_rng([painter.seed, 9]).permutation(n_train)
+    hidden = {int(i): DEFECT_TYPES[j % len(DEFECT_TYPES)] for j, i in enumerate(sorted(order[:n_defect]))}
+    train_defective: dict[str, str] = {}
+    for i in range(n_train):
+        pixels, _ = painter.image("train", i, hidden.get(i))
+        _save_png(pixels, train_dir / f"{i:03d}.png")
+        if i in hidden:
+            train_defective[f"train/good/{i:03d}.png"] = hidden[i]
+    return train_defective
+
+
+def _write_test_defects(out: Path, painter: _Painter, n_defect: int) -> None:
+    """Write ``test/<defect>/NNN.png`` and ``ground_truth/<defect>/NNN_mask.png``, types round-robin."""
+    per_type: dict[str, int] = {}
+    for i in range(n_defect):
+        defect = DEFECT_TYPES[i % len(DEFECT_TYPES)]
+        number = per_type.get(defect, 0)
+        per_type[defect] = number + 1
+        pixels, mask = painter.image("test_defect", i, defect)
+        assert mask is not None
+        image_dir, gt_dir = out / "test" / defect, out / "ground_truth" / defect
+        image_dir.mkdir(parents=True, exist_ok=True)
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        _save_png(pixels, image_dir / f"{number:03d}.png")
+        _save_png(mask.astype(np.uint8) * 255, gt_dir / f"{number:03d}_mask.png")

@@ -2,9 +2,9 @@
 
 This joins the pieces of paper §3.2-3.5 -- patch comparison scores ``A`` (Algorithm 1), MC-dropout
 uncertainty ``U`` (§3.3), the synergy selection (Eq. 5-10) and anomalous material extraction
-(Eq. 11) -- behind one object used both by the trainer (every iteration) and by the dataset-level
-filter (§3.6, with a trained model). Its random state and material bank are part of the training
-state, so resumed runs stay identical.
+(Eq. 11) -- behind one object used both by the trainer (every iteration) and by the dataset filter
+(§3.6, :mod:`ssfilter.filtering.dataset_filter`, with a trained model). Its random state and material
+bank are part of the training state, so resumed runs stay identical.
 """
 
 from __future__ import annotations
@@ -16,16 +16,12 @@ import torch
 from torch import Tensor
 
 from ssfilter.config import BatchFilterConfig, RestorationConfig
+from ssfilter.filtering.foreground import foreground_masks
+from ssfilter.filtering.material_bank import MaterialBank
+from ssfilter.filtering.materials import Material, extract_materials
 from ssfilter.filtering.patch_scoring import batch_anomaly_scores
-from ssfilter.filtering.restoration import (
-    Material,
-    MaterialBank,
-    extract_materials,
-    foreground_masks,
-    materials_per_image,
-    synthesize_batch,
-)
 from ssfilter.filtering.synergy import FilterDecision, synergy_select
+from ssfilter.filtering.synthesis import materials_per_image, synthesize_batch
 from ssfilter.filtering.uncertainty import Uncertainty, mc_uncertainty
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.encoders import EncoderFeatures
@@ -35,10 +31,10 @@ __all__ = ["BatchFilter", "BatchSelection", "Synthesis"]
 
 @dataclass
 class BatchSelection:
-    """What the filter decided for one batch.
+    """What the in-batch filter decided for one batch.
 
     Attributes:
-        decision: Keep / material vectors and the filter's statistics.
+        decision: Keep / material vectors and the selection's statistics.
         scores: Patch comparison scores ``A`` ``[B]`` (None when patch scoring is off).
         uncertainty: MC-dropout result (None when uncertainty scoring is off).
         materials: Materials extracted from this batch's candidates.
@@ -63,10 +59,10 @@ class Synthesis:
 
 
 class BatchFilter:
-    """Scores a batch with patch comparison and uncertainty, selects, and synthesises anomalies.
+    """The in-batch filter: scores a batch (patch comparison, uncertainty), selects, synthesises anomalies.
 
     Args:
-        cfg: Filter configuration (ablation switches, K, tau, ratios).
+        cfg: In-batch filter configuration (ablation switches, K, tau, ratios).
         restoration: Restoration configuration (on/off, material thresholds and counts).
         total_iters: Training length (the number of pasted materials grows over it).
         seed: Seed of the synthesis random generator.
@@ -83,7 +79,7 @@ class BatchFilter:
         bank_capacity: int = 0,
     ) -> None:
         if not (cfg.patch_scoring or cfg.uncertainty):
-            raise ValueError("the filter needs patch scoring, uncertainty scoring or both")
+            raise ValueError("the in-batch filter needs patch scoring, uncertainty scoring or both")
         self.cfg = cfg
         self.restoration = restoration
         self.total_iters = total_iters

@@ -3,7 +3,7 @@
 Anomalies are rare: a normal patch finds close matches among the patches of the OTHER images of the batch,
 an anomalous one does not. For every patch we take the mean cosine similarity of its top-k matches in the
 other images; ``1 -`` that is the patch score, and the image score ``a_i`` is the mean of the image's top-1%
-patch scores. No training is involved: the scores only rank the images of a batch for the synergy filter.
+patch scores. No training is involved: the scores only rank the images of a batch for the in-batch filter.
 
 The similarity matrix of a batch has ``(B*HW)^2`` entries (2.5 GB in float32 at crop 392 and batch 32), so
 :func:`patch_scores` computes it in blocks of rows: each block is scored and thrown away, keeping the extra

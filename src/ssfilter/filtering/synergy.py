@@ -1,4 +1,4 @@
-"""In-batch synergy scoring filter (paper §3.4, Eq. 5-10; SPEC §4).
+"""The in-batch filter's synergy selection: which images of a batch to keep (paper §3.4, Eq. 5-10; SPEC §4).
 
 Each training batch is split by its ranking scores: the lower half (the most normal-looking images) is kept
 for training, images of the upper half are recalled when their uncertainty is at most the normal anchor
@@ -108,6 +108,75 @@ def _uncertainty_anchor(u: Tensor, lower: Tensor) -> tuple[float, float]:
     return mu1, sigma1
 
 
+def _checked_scores(
+    a: Tensor | None,
+    u: Tensor | None,
+    *,
+    tau: float,
+    keep_ratio: float,
+    use_patch_scoring: bool,
+    use_uncertainty: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Check :func:`synergy_select`'s arguments; return ``a`` and ``u`` as float64 CPU vectors (or None)."""
+    if not use_patch_scoring and not use_uncertainty:
+        raise ValueError("at least one of use_patch_scoring and use_uncertainty must be on")
+    if use_patch_scoring and a is None:
+        raise ValueError("patch scores `a` are required when use_patch_scoring is on")
+    if use_uncertainty and u is None:
+        raise ValueError("uncertainties `u` are required when use_uncertainty is on")
+    if not (math.isfinite(tau) and tau >= 0):
+        raise ValueError(f"tau must be a finite number >= 0, got {tau}")
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    a64 = _as_vector(a, "a") if a is not None else None
+    u64 = _as_vector(u, "u") if u is not None else None
+    if a64 is not None and u64 is not None and a64.numel() != u64.numel():
+        raise ValueError(f"a and u must have the same length, got {a64.numel()} and {u64.numel()}")
+    return a64, u64
+
+
+def _decision(
+    keep: Tensor,
+    material: Tensor,
+    ranking: Tensor,
+    anchor: tuple[float, float],
+    phase: Phase,
+    n_recalled: int,
+    like: Tensor,
+) -> FilterDecision:
+    """A :class:`FilterDecision` with its masks and ranking on the device of ``like`` (its float dtype)."""
+    out_dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
+    return FilterDecision(
+        keep=keep.to(like.device),
+        material=material.to(like.device),
+        ranking_scores=ranking.to(device=like.device, dtype=out_dtype),
+        mu1=anchor[0],
+        sigma1=anchor[1],
+        phase=phase,
+        n_kept=int(keep.sum()),
+        n_recalled=n_recalled,
+        n_material=int(material.sum()),
+    )
+
+
+def _keep_and_material(
+    lower: Tensor, u: Tensor | None, mu1: float, margin: float, use_urecall: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(keep, material, recalled)`` from the lower half of the ranking (Eq. 7 and Eq. 10).
+
+    ``u`` is None when uncertainty is off: keep the lower half, no recall, no material. ``margin`` is
+    ``tau * sigma1``.
+    """
+    upper = ~lower
+    zeros = torch.zeros(lower.numel(), dtype=torch.bool)
+    if u is None:
+        return lower, zeros, zeros
+    recalled = upper & (u <= mu1) if use_urecall else zeros  # Eq. 7, second term
+    keep = lower | recalled
+    material = upper & (u >= mu1 + margin) & ~keep  # Eq. 10; keeping wins when tau*sigma1 == 0
+    return keep, material, recalled
+
+
 def synergy_select(
     a: Tensor | None,
     u: Tensor | None,
@@ -144,85 +213,37 @@ def synergy_select(
         ValueError: Both scorings off, a needed score missing, mismatched lengths, non-finite scores or bad
             parameters.
     """
-    if not use_patch_scoring and not use_uncertainty:
-        raise ValueError("at least one of use_patch_scoring and use_uncertainty must be on")
-    if use_patch_scoring and a is None:
-        raise ValueError("patch scores `a` are required when use_patch_scoring is on")
-    if use_uncertainty and u is None:
-        raise ValueError("uncertainties `u` are required when use_uncertainty is on")
-    if not (math.isfinite(tau) and tau >= 0):
-        raise ValueError(f"tau must be a finite number >= 0, got {tau}")
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
-
-    a64 = _as_vector(a, "a") if a is not None else None
-    u64 = _as_vector(u, "u") if u is not None else None
-    if a64 is not None and u64 is not None and a64.numel() != u64.numel():
-        raise ValueError(f"a and u must have the same length, got {a64.numel()} and {u64.numel()}")
-    ref = a if a is not None else u
-    assert ref is not None  # guaranteed by the checks above
-    device = ref.device
-    out_dtype = ref.dtype if ref.dtype in (torch.float32, torch.float64) else torch.float32
+    a64, u64 = _checked_scores(
+        a,
+        u,
+        tau=tau,
+        keep_ratio=keep_ratio,
+        use_patch_scoring=use_patch_scoring,
+        use_uncertainty=use_uncertainty,
+    )
+    like = a if a is not None else u
+    assert like is not None  # guaranteed by the checks above
     # The score the phases agree on: A, or U when patch scoring is ablated.
     base = a64 if use_patch_scoring else u64
     assert base is not None
     n = base.numel()
-
-    def _decision(
-        keep: Tensor,
-        material: Tensor,
-        ranking: Tensor,
-        mu1: float,
-        sigma1: float,
-        phase: Phase,
-        n_recalled: int,
-    ) -> FilterDecision:
-        return FilterDecision(
-            keep=keep.to(device),
-            material=material.to(device),
-            ranking_scores=ranking.to(device=device, dtype=out_dtype),
-            mu1=mu1,
-            sigma1=sigma1,
-            phase=phase,
-            n_kept=int(keep.sum()),
-            n_recalled=n_recalled,
-            n_material=int(material.sum()),
-        )
-
     if n < 2:  # nothing to compare with: keep everything
-        mu1 = float(u64[0]) if u64 is not None and n == 1 else math.nan
-        return _decision(
-            torch.ones(n, dtype=torch.bool),
-            torch.zeros(n, dtype=torch.bool),
-            base.clone(),
-            mu1,
-            0.0 if n == 1 else math.nan,
-            "tiny",
-            0,
-        )
+        anchor = (float(u64[0]) if u64 is not None and n == 1 else math.nan, 0.0 if n == 1 else math.nan)
+        ones, zeros = torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+        return _decision(ones, zeros, base.clone(), anchor, "tiny", 0, like)
 
     phase: Phase = "cold" if iteration < cold_start_iters else "regular"
     m = min(n, max(1, int(n * keep_ratio)))
-
     if phase == "regular" and use_patch_scoring and use_uncertainty:
         assert a64 is not None and u64 is not None
         ranking = (minmax(a64) + minmax(u64)) / 2.0  # Eq. 9
     else:
         ranking = base.clone()
-
     # mu1, sigma1 from the lower half by the pre-update score (Eq. 6), in both phases.
     mu1, sigma1 = (
         _uncertainty_anchor(u64, lower_half_mask(base, m)) if u64 is not None else (math.nan, math.nan)
     )
-
     lower = lower_half_mask(ranking, m)
-    upper = ~lower
-    zeros = torch.zeros(n, dtype=torch.bool)
-    if use_uncertainty:
-        assert u64 is not None
-        recalled = upper & (u64 <= mu1) if use_urecall else zeros  # Eq. 7, second term
-        keep = lower | recalled
-        material = upper & (u64 >= mu1 + tau * sigma1) & ~keep  # Eq. 10; keeping wins when tau*sigma1 == 0
-    else:
-        recalled, keep, material = zeros, lower, zeros
-    return _decision(keep, material, ranking, mu1, sigma1, phase, int(recalled.sum()))
+    u_eff = u64 if use_uncertainty else None
+    keep, material, recalled = _keep_and_material(lower, u_eff, mu1, tau * sigma1, use_urecall)
+    return _decision(keep, material, ranking, (mu1, sigma1), phase, int(recalled.sum()), like)

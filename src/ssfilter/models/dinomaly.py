@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssfilter.config import ModelConfig
+from ssfilter.models.decoder_blocks import build_decoder_block
 from ssfilter.models.encoders import Encoder, EncoderFeatures
-from ssfilter.models.mlla import build_decoder_block, init_weights
+from ssfilter.models.layers import init_weights
 
-__all__ = ["Bottleneck", "DinomalyModel", "Reconstruction", "tokens_to_grid"]
+__all__ = ["Bottleneck", "DinomalyModel", "Reconstruction", "seeded_dropout", "tokens_to_grid"]
 
 
 def tokens_to_grid(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -68,15 +69,15 @@ class Bottleneck(nn.Module):
             if len(row_seeds) != x.shape[0]:
                 raise ValueError(f"{len(row_seeds)} row seeds for a batch of {x.shape[0]}")
             gens = [torch.Generator(device=x.device).manual_seed(int(s)) for s in row_seeds]
-            x = _seeded_dropout(x, self.p, gens)
-            x = _seeded_dropout(self.act(self.fc1(x)), self.p, gens)
-            return _seeded_dropout(self.fc2(x), self.p, gens)
+            x = seeded_dropout(x, self.p, gens)
+            x = seeded_dropout(self.act(self.fc1(x)), self.p, gens)
+            return seeded_dropout(self.fc2(x), self.p, gens)
         x = F.dropout(x, self.p, active)
         x = F.dropout(self.act(self.fc1(x)), self.p, active)
         return F.dropout(self.fc2(x), self.p, active)
 
 
-def _seeded_dropout(x: Tensor, p: float, generators: Sequence[torch.Generator]) -> Tensor:
+def seeded_dropout(x: Tensor, p: float, generators: Sequence[torch.Generator]) -> Tensor:
     """Inverted dropout (as ``F.dropout``) whose mask for row ``i`` comes from ``generators[i]``."""
     if p >= 1.0:
         return x * 0.0

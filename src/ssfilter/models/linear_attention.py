@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssfilter.models.mlla import Mlp, init_weights
+from ssfilter.models.layers import Mlp, init_weights
 
 __all__ = ["LinearAttention", "LinearAttentionBlock"]
 

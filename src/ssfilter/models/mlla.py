@@ -13,87 +13,12 @@ stored in the ``state_dict``; a checkpoint records the crop size instead.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-__all__ = [
-    "MLLAAttention",
-    "MLLABlock",
-    "Mlp",
-    "RoPE2D",
-    "build_decoder_block",
-    "grid_dwconv",
-    "init_weights",
-]
+from ssfilter.models.layers import Mlp, check_grid, grid_dwconv, init_weights
 
-
-def _check_grid(n: int, grid: tuple[int, int]) -> tuple[int, int]:
-    """Return ``grid`` as two ints after checking that it holds exactly ``n`` tokens."""
-    h, w = int(grid[0]), int(grid[1])
-    if h * w != n:
-        raise ValueError(f"grid {h}x{w} holds {h * w} tokens but the input has {n}")
-    return h, w
-
-
-def grid_dwconv(conv: nn.Conv2d, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Apply a 2-D convolution to a token sequence laid out row-major on ``grid``.
-
-    Args:
-        conv: Convolution that keeps the spatial size (e.g. 3x3, padding 1).
-        x: Tokens ``[B, N, C]`` with ``N = H * W``, row-major (token ``i`` sits at row ``i // W``).
-        grid: ``(H, W)``.
-
-    Returns:
-        ``[B, N, C']`` in the same token order.
-    """
-    b, n, c = x.shape
-    h, w = _check_grid(n, grid)
-    y = conv(x.transpose(1, 2).reshape(b, c, h, w))
-    return y.flatten(2).transpose(1, 2)
-
-
-def init_weights(module: nn.Module) -> None:
-    """Initialise one module the way SPEC §1 (and Dinomaly) does; use as ``model.apply(init_weights)``.
-
-    An ``nn.Linear`` gets weights from a normal distribution with std 0.01 truncated to ±0.03 and a zero
-    bias; an ``nn.LayerNorm`` gets weight 1 and bias 0. Other modules are left alone: convolutions keep
-    PyTorch's default (Kaiming-uniform) init, as in Dinomaly and MLLA, which only re-initialise Linear and
-    LayerNorm layers. Like timm's ``_init_weights`` it does not recurse, so ``apply`` visits each layer once.
-    """
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.01, a=-0.03, b=0.03)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        if module.weight is not None:
-            nn.init.ones_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
-class Mlp(nn.Module):
-    """Two-layer MLP ``fc2(act(fc1(x)))`` without dropout (the decoder has none).
-
-    Written here rather than taken from ``timm.layers`` so the blocks import without timm's (slow) layer
-    package; parameter names ``fc1``/``fc2`` match timm, MLLA and Dinomaly checkpoints.
-
-    Args:
-        in_features: Input and output width.
-        hidden_features: Hidden width.
-        act_layer: Activation class (exact GELU by default).
-    """
-
-    def __init__(self, in_features: int, hidden_features: int, act_layer: type[nn.Module] = nn.GELU) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the MLP to the last dimension."""
-        return self.fc2(self.act(self.fc1(x)))
+__all__ = ["MLLAAttention", "MLLABlock", "RoPE2D"]
 
 
 class RoPE2D(nn.Module):
@@ -161,7 +86,7 @@ class RoPE2D(nn.Module):
         """Rotate ``x`` ``[..., N, dim]`` (tokens row-major on ``grid``); same shape and dtype out."""
         if x.shape[-1] != self.dim:
             raise ValueError(f"RoPE2D built for {self.dim} channels, got {x.shape[-1]}")
-        _check_grid(x.shape[-2], grid)
+        check_grid(x.shape[-2], grid)
         # Rotate half-precision inputs in float32 (as MLLA does): fp16/bf16 angle tables lose the small
         # relative phase differences the encoding relies on.
         work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
@@ -214,7 +139,7 @@ class MLLAAttention(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Attend over the ``[B, N, C]`` tokens on ``grid``; returns ``[B, N, C]``."""
         b, n, c = x.shape
-        _check_grid(n, grid)
+        check_grid(n, grid)
         q, k = self.qk(x).chunk(2, dim=-1)
         q = self.elu(q) + 1.0
         k = self.elu(k) + 1.0
@@ -303,33 +228,3 @@ class MLLABlock(nn.Module):
     def extra_repr(self) -> str:
         """Hyper-parameters shown in the module repr."""
         return f"dim={self.dim}, num_heads={self.num_heads}, mlp_ratio={self.mlp_ratio}"
-
-
-def build_decoder_block(
-    kind: Literal["mlla", "linear"],
-    dim: int,
-    num_heads: int,
-    mlp_ratio: float = 1.0,
-    ln_eps: float = 1e-8,
-) -> nn.Module:
-    """Build one decoder block by name; every kind has ``forward(x [B, N, C], grid) -> [B, N, C]``.
-
-    Args:
-        kind: ``"mlla"`` (paper, :class:`MLLABlock`) or ``"linear"`` (Dinomaly's plain linear-attention ViT
-            block, the "without MLLA" ablation of Table 4).
-        dim: Channel width.
-        num_heads: Attention heads.
-        mlp_ratio: MLP hidden ratio.
-        ln_eps: LayerNorm epsilon.
-
-    Raises:
-        ValueError: ``kind`` is not one of the known block kinds.
-    """
-    if kind == "mlla":
-        return MLLABlock(dim, num_heads, mlp_ratio=mlp_ratio, ln_eps=ln_eps)
-    if kind == "linear":
-        # Imported here: linear_attention imports init_weights from this module.
-        from ssfilter.models.linear_attention import LinearAttentionBlock
-
-        return LinearAttentionBlock(dim, num_heads, mlp_ratio=mlp_ratio, ln_eps=ln_eps)
-    raise ValueError(f"unknown decoder block kind {kind!r}; expected one of 'mlla', 'linear'")

@@ -195,7 +195,8 @@ def _filter(
     model: Any, train: Sequence[Sample], cfg: Config, out: Path, progress: bool, resume: bool = False
 ) -> tuple[list[Sample], dict[str, Any]]:
     """Dataset-level filter of ``train`` with the shared SSFilter model (reused when already finished)."""
-    from ssfilter.filtering.dataset_filter import filter_dataset, summarize, write_filter_outputs
+    from ssfilter.filtering.dataset_filter import filter_dataset
+    from ssfilter.filtering.filter_outputs import summarize, write_filter_outputs
 
     csv_path, json_path = out / FILTER_CSV, out / FILTER_JSON
     if resume and csv_path.is_file() and json_path.is_file():

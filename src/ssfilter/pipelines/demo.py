@@ -30,7 +30,7 @@ from ssfilter.runfolder import METRICS_FILE
 
 if TYPE_CHECKING:
     from ssfilter.data.datasets import Sample
-    from ssfilter.filtering.dataset_filter import FilterRecords
+    from ssfilter.filtering.filter_outputs import FilterRecords
     from ssfilter.reporting.evaluate_page import EvaluateReport
 
 __all__ = ["DemoSettings", "demo_config", "detect_backbone", "find_demo_weights", "run_demo"]
@@ -49,8 +49,6 @@ RANDOM_ENCODER_NOTE = "\n".join(
 
 #: timm's DINOv2 ViT-S/14 (4 registers) weights on the Hugging Face hub, looked up in the local cache only.
 _HF_DINOV2 = ("timm/vit_small_patch14_reg4_dinov2.lvd142m", "model.safetensors")
-#: ViT width -> DINOv2 backbone name.
-_VIT_BY_DIM = {384: "dinov2_vits14_reg", 768: "dinov2_vitb14_reg", 1024: "dinov2_vitl14_reg"}
 
 
 @dataclass
@@ -126,29 +124,14 @@ def detect_backbone(weights: str | os.PathLike[str]) -> str:
         FileNotFoundError: The file does not exist.
         ValueError: The file is not one of the supported encoders.
     """
+    from ssfilter.models.encoders import identify_weights
+
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    shapes: dict[str, tuple[int, ...]]
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
-    else:
-        import torch
-
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"{path} is not a state dict")
-        shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
-    if "features.0.0.weight" in shapes:
-        return "mobilenet_v2"
-    embed = shapes.get("patch_embed.proj.weight")
-    if embed is not None and any(k.startswith("blocks.") for k in shapes):
-        name = _VIT_BY_DIM.get(int(embed[0]))
-        if name is not None:
-            return name
+    name = identify_weights(path)
+    if name is not None:
+        return name
     raise ValueError(
         f"{path} is neither a DINOv2 ViT (S/B/L, Meta or timm keys) nor a torchvision MobileNetV2 state dict"
     )
@@ -163,16 +146,19 @@ def demo_config(weights: str | None = None, settings: DemoSettings | None = None
         weights: Encoder weights file, or ``None`` for a random MobileNetV2.
         settings: Training length and filter parameters (default :class:`DemoSettings`).
     """
+    from ssfilter.models.encoders import encoder_entry
+
     s = settings or DemoSettings()
     backbone = detect_backbone(weights) if weights is not None else "mobilenet_v2"
     cfg = get_preset("cpu-fast")
     cfg.preset = "demo"
-    side = 126 if backbone.startswith("dinov2") else 128
+    entry = encoder_entry(backbone)
+    side = 128 // entry.stride * entry.stride
     cfg.data.resize, cfg.data.crop, cfg.data.batch_size, cfg.data.eval_size = side, side, 8, 128
     cfg.model.backbone = backbone
     cfg.model.weights = None if weights is None else os.fspath(Path(weights).resolve())
     cfg.model.random_init = weights is None
-    cfg.model.decoder_dim, cfg.model.decoder_heads = (192, 6) if backbone.startswith("dinov2") else (64, 4)
+    cfg.model.decoder_dim, cfg.model.decoder_heads = entry.small_decoder or (None, None)
     cfg.train.method = "ssfilter"
     cfg.train.iters, cfg.train.warmup_iters, cfg.train.hard_mining_ramp = (
         s.iters,
@@ -217,7 +203,8 @@ def run_demo(
 
     from ssfilter.data.datasets import discover
     from ssfilter.evaluation.evaluate import evaluate_model
-    from ssfilter.filtering.dataset_filter import filter_dataset, summarize, write_filter_outputs
+    from ssfilter.filtering.dataset_filter import filter_dataset
+    from ssfilter.filtering.filter_outputs import summarize, write_filter_outputs
     from ssfilter.io import atomic_write_json
     from ssfilter.pipelines.training_run import fit_run
     from ssfilter.reporting.examples import build_evaluate_report

@@ -2,7 +2,8 @@
 
 A method trains or fits on a training list and returns the SPEC §8 metrics on the test list:
 
-* ``dinomaly``: the Dinomaly trainer, evaluated with :func:`~ssfilter.evaluation.evaluate.evaluate_model`;
+* every other training method (:mod:`ssfilter.training.methods`: ``dinomaly``, ...), trained on the list and
+  evaluated with :func:`~ssfilter.evaluation.evaluate.evaluate_model`;
 * ``ssfilter``: the SSFilter run that the benchmark trains once per noise level and shares with the
   dataset-level filter (so ``ssfilter+filter`` is not a method: SSFilter filters by itself);
 * every registered baseline (:mod:`ssfilter.baselines`: ``patchcore``, ``softpatch``, ...), fitted
@@ -101,9 +102,13 @@ def _evaluate_model(model: Any, ctx: MethodContext) -> Metrics:
     return evaluate_model(model, ctx.test, ctx.cfg, device=device, progress=ctx.progress).metrics
 
 
-def _run_dinomaly(ctx: MethodContext, samples: Sequence[Sample], run: Path) -> Metrics:
-    """Train Dinomaly on ``samples`` in ``run``, evaluate it."""
-    return _evaluate_model(train_run(ctx.cfg, "dinomaly", samples, run, ctx.progress, ctx.resume), ctx)
+def _trained_runner(name: str) -> Callable[[MethodContext, Sequence[Sample], Path], Metrics]:
+    """Runner of training method ``name``: train it on the samples in the run folder, evaluate it."""
+
+    def run(ctx: MethodContext, samples: Sequence[Sample], run_dir: Path) -> Metrics:
+        return _evaluate_model(train_run(ctx.cfg, name, samples, run_dir, ctx.progress, ctx.resume), ctx)
+
+    return run
 
 
 def _run_ssfilter(ctx: MethodContext, samples: Sequence[Sample], run: Path) -> Metrics:
@@ -136,10 +141,11 @@ def _baseline_runner(name: str) -> Callable[[MethodContext, Sequence[Sample], Pa
 def method_registry() -> dict[str, Method]:
     """Every benchmark method by name: the trained ones, then every registered baseline."""
     from ssfilter.baselines import baseline_names
+    from ssfilter.training.methods import list_methods
 
     methods = [
         Method("ssfilter", _run_ssfilter, filterable=False, needs_ssfilter_run=True),
-        Method("dinomaly", _run_dinomaly),
+        *(Method(name, _trained_runner(name)) for name in list_methods() if name != "ssfilter"),
         *(Method(name, _baseline_runner(name)) for name in baseline_names()),
     ]
     return {m.name: m for m in methods}

@@ -274,7 +274,7 @@ def filter_section(
     Args:
         records: :class:`~ssfilter.filtering.dataset_filter.FilterRecord` objects (``path``, ``times_seen``,
             ``times_kept``, ``mean_score``, ``mean_uncertainty``, ``decision``, ``label``).
-        summary: :func:`~ssfilter.filtering.dataset_filter.summarize` of the records.
+        summary: :func:`~ssfilter.filtering.filter_outputs.summarize` of the records.
         assets: Where the thumbnails go.
         params: Filter parameters (``epochs``, ``min_keep``, ...), default ``records.params``.
         links: ``(text, relative href)`` links to the filter's data files.
@@ -313,11 +313,12 @@ def write_filter_report(
     Args:
         out_dir: The filter's output folder (links to ``filter.csv`` / ``filter.json`` when present).
         records: Filter records.
-        summary: Their :func:`~ssfilter.filtering.dataset_filter.summarize` (computed when omitted).
+        summary: Their :func:`~ssfilter.filtering.filter_outputs.summarize` (computed when omitted).
         title: Page title (default "ssfilter filter report").
         max_thumbnails: Quarantined images shown with a thumbnail.
     """
-    from ssfilter.filtering.dataset_filter import FILTER_CSV, FILTER_JSON, summarize  # torch: only when used
+    from ssfilter.filtering.filter_outputs import summarize  # torch: only when used
+    from ssfilter.runfolder import FILTER_CSV, FILTER_JSON
 
     out = Path(out_dir)
     summary = summary if summary is not None else summarize(records)

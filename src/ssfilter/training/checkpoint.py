@@ -5,9 +5,11 @@ A run folder holds:
 - ``config.yaml``: the full :class:`~ssfilter.config.Config` of the run;
 - ``model.safetensors``: the whole model (frozen encoder included, so a run is self-contained and
   never needs the original weights file or a download), with metadata (iteration, crop, version);
-- ``train_state.pt``: optimiser, scheduler, RNG states and iteration counter, loadable with
-  ``torch.load(weights_only=True)``; ``--resume`` continues from it bit-identically;
+- ``train_state.pt``: optimiser, scheduler, RNG states, iteration counter and the training method's
+  state, loadable with ``torch.load(weights_only=True)``; ``--resume`` continues from it bit-identically;
 - ``train_log.csv``: per-iteration loss and learning rate.
+
+Rank 0 alone writes these files; a DDP checkpoint holds every rank's method state.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ssfilter.io import atomic_path
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.encoders import build_encoder
 from ssfilter.runfolder import CONFIG_FILE, MODEL_FILE
+from ssfilter.runtime.seeding import rng_state, set_rng_state
 from ssfilter.version import VERSION
 
 __all__ = [
@@ -36,8 +39,10 @@ __all__ = [
     "load_run",
     "load_train_state",
     "read_model_metadata",
+    "restore_train_state",
     "save_model",
     "save_train_state",
+    "train_state",
 ]
 
 #: On-disk run format; a run written by an incompatible ssfilter gives a clear error.
@@ -169,3 +174,74 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
 def write_run_config(run_dir: str | Path, cfg: Config) -> None:
     """Write ``config.yaml`` into a run folder."""
     save_config(cfg, Path(run_dir) / CONFIG_FILE)
+
+
+def train_state(
+    iteration: int,
+    model: DinomalyModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    method_state: Any,
+    method_ranks: list[Any] | None,
+    world_size: int,
+) -> dict[str, Any]:
+    """The content of ``train_state.pt`` after ``iteration`` iterations (read by :func:`restore_train_state`).
+
+    The training method's state is stored under ``"filter"`` and ``"filter_ranks"``: names kept from when
+    the in-batch filter was the only method with state, so that older checkpoints still resume.
+
+    Args:
+        iteration: Iterations done.
+        model: The model (its trainable part is saved; the frozen encoder is rebuilt from the config).
+        optimizer: Its optimiser.
+        scheduler: Its learning-rate schedule.
+        method_state: The method's state on rank 0 (None: a method without state).
+        method_ranks: Every rank's method state under DDP, else None.
+        world_size: Number of processes that trained.
+    """
+    return {
+        "iteration": iteration,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "trainable": {
+            k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("encoder.")
+        },
+        "rng": rng_state(),
+        "filter": method_state,
+        "filter_ranks": method_ranks,
+        "world_size": world_size,
+    }
+
+
+def restore_train_state(
+    state: dict[str, Any],
+    path: Path,
+    model: DinomalyModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> int:
+    """Load a checkpoint into the model, optimiser, schedule and random states; return its iteration.
+
+    The method's state (``"filter"``, ``"filter_ranks"``) is left to the training method.
+
+    Args:
+        state: The content of ``train_state.pt``.
+        path: Where it was read (for messages).
+        model: The freshly built model.
+        optimizer: Its optimiser.
+        scheduler: Its learning-rate schedule.
+
+    Raises:
+        RunFormatError: The saved weights do not fit this model (the config changed since the run started).
+    """
+    mismatch = f"{path} does not match this model; was the config changed since the run started?"
+    try:
+        missing, unexpected = model.load_state_dict(state["trainable"], strict=False)
+    except RuntimeError as err:  # tensor shapes differ
+        raise RunFormatError(mismatch) from err
+    if unexpected or any(not k.startswith("encoder.") for k in missing):
+        raise RunFormatError(mismatch)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["iteration"])

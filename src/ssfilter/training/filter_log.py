@@ -1,4 +1,7 @@
-"""Summaries of the in-batch filter log (``filter_log.csv``) -- the paper's "abnormal recall".
+"""The in-batch filter's logs (``filter_log.csv``, ``filter_log_ranks.csv``): columns, merging, summary.
+
+The ``ssfilter`` training method writes one row per iteration; under DDP each rank filters its own
+slice, the per-rank rows go to ``filter_log_ranks.csv`` and their merge to ``filter_log.csv``.
 
 When the training set's true labels are known (noise-injected benchmarks), every iteration logs how
 many anomalies its batch held and how many the filter discarded. The abnormal recall is the share
@@ -8,10 +11,59 @@ of those anomalies that were discarded; the normal discard rate is the price pai
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["summarize_filter_log"]
+__all__ = ["FILTER_FIELDS", "FILTER_RANK_FIELDS", "merge_filter_rows", "summarize_filter_log"]
+
+#: Per-iteration filter log of the ssfilter method (``filter_log.csv``). The last four columns count
+#: true labels when the training set's labels are known (noise-injected benchmarks), else stay empty.
+FILTER_FIELDS = [
+    "iteration",
+    "phase",
+    "batch",
+    "kept",
+    "recalled",
+    "material",
+    "synthetic",
+    "mu1",
+    "sigma1",
+    "anomalies",
+    "anomalies_discarded",
+    "normals",
+    "normals_discarded",
+]
+#: Per-rank filter log of a DDP run (``filter_log_ranks.csv``), with the rank and the discarded indices.
+FILTER_RANK_FIELDS = ["iteration", "rank", *FILTER_FIELDS[1:], "discarded"]
+
+
+def merge_filter_rows(per_rank: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One ``filter_log.csv`` row per iteration from every rank's rows.
+
+    Counts (batch, kept, recalled, material, synthetic, label counts) are summed over ranks; ``mu1`` and
+    ``sigma1`` are the mean of the ranks' finite values (NaN when none). One rank: its rows unchanged.
+
+    Args:
+        per_rank: Each rank's rows for the same iterations, in rank order.
+    """
+    if len(per_rank) == 1:
+        return per_rank[0]
+    merged = []
+    for rows in zip(*per_rank, strict=True):
+        phases = sorted({str(r["phase"]) for r in rows})
+        out: dict[str, Any] = {"iteration": rows[0]["iteration"], "phase": "/".join(phases)}
+        for key in ("batch", "kept", "recalled", "material", "synthetic"):
+            out[key] = sum(int(r[key]) for r in rows)
+        for key in ("mu1", "sigma1"):
+            values = [float(r[key]) for r in rows if math.isfinite(float(r[key]))]
+            out[key] = sum(values) / len(values) if values else float("nan")
+        label_keys = ("anomalies", "anomalies_discarded", "normals", "normals_discarded")
+        if all(k in r for r in rows for k in label_keys):
+            for key in label_keys:
+                out[key] = sum(int(r[key]) for r in rows)
+        merged.append(out)
+    return merged
 
 
 def summarize_filter_log(path: str | Path, from_fraction: float = 0.5) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Tests of material extraction, foreground masks, synthesis and the material bank (paper §3.5)."""
+"""Tests of restoration (paper §3.5): material extraction, foreground masks, synthesis, the material bank."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssfilter.filtering.restoration import (
-    Material,
-    MaterialBank,
-    extract_material,
-    extract_materials,
-    foreground_masks,
+from ssfilter.filtering.foreground import foreground_masks
+from ssfilter.filtering.material_bank import MaterialBank
+from ssfilter.filtering.materials import Material, extract_material, extract_materials
+from ssfilter.filtering.synthesis import (
     materials_per_image,
     paste_materials,
     rotate_material,

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -23,7 +26,8 @@ def test_shapes_and_unbiased_std() -> None:
     assert unc.pass_scores.shape == (5, 3)
     assert unc.uncertainty.shape == (3,)
     assert unc.acc_map.shape == (3, 32, 32)
-    torch.testing.assert_close(unc.uncertainty, unc.pass_scores.std(0, correction=1))
+    expected = np.std(unc.pass_scores.double().numpy(), axis=0, ddof=1)  # numpy's unbiased std
+    torch.testing.assert_close(unc.uncertainty, torch.from_numpy(expected).float())
     assert bool((unc.uncertainty > 0).all()), "dropout passes must differ"
 
 
@@ -44,6 +48,21 @@ def test_chunked_passes_match_layout() -> None:
     chunked = mc_uncertainty(model, feats, passes=3, chunk=2)
     torch.testing.assert_close(full.acc_map, chunked.acc_map, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(full.pass_scores, chunked.pass_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_uncertainty_from_maps_by_hand() -> None:
+    # 3 passes over 2 images of 10x10 constant maps: top-1% score (k = 1) = the constant.
+    # image 0 scores 1, 2, 4 in the passes: mean 7/3, squared deviations 16/9 + 1/9 + 25/9 = 42/9,
+    # unbiased variance 42/9 / 2 = 7/3; image 1 scores 5 in every pass: no spread.
+    values = torch.tensor([[1.0, 5.0], [2.0, 5.0], [4.0, 5.0]])
+    maps = values[:, :, None, None].expand(3, 2, 10, 10)
+    unc = uncertainty_from_maps(maps)
+    torch.testing.assert_close(unc.pass_scores, values)
+    torch.testing.assert_close(unc.uncertainty, torch.tensor([math.sqrt(7 / 3), 0.0]))
+    torch.testing.assert_close(
+        unc.acc_map, torch.stack([torch.full((10, 10), 7.0), torch.full((10, 10), 15.0)])
+    )
+    torch.testing.assert_close(unc.mean_score, torch.tensor([7 / 3, 5.0]))
 
 
 def test_single_pass_gives_zero_not_nan() -> None:

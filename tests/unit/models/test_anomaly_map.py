@@ -3,9 +3,11 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from ssfilter.models.anomaly_map import (
     anomaly_map,
@@ -21,6 +23,23 @@ from ssfilter.models.anomaly_map import (
 def _groups(seed: int, shape: tuple[int, ...] = (2, 8, 4, 4), n: int = 2) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(shape, generator=gen) for _ in range(n)]
+
+
+def _reference_distance(enc: torch.Tensor, dec: torch.Tensor) -> np.ndarray:
+    """Point distances ``[B, H, W]`` in float64 numpy: 1 - cosine similarity over the channel axis."""
+    e, d = enc.double().numpy(), dec.double().numpy()
+    return 1.0 - (e * d).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(d, axis=1))
+
+
+def _reference_resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``[B, H, W]`` maps with half-pixel centres (``align_corners=False``), by scipy."""
+    zoom = (size[0] / maps.shape[1], size[1] / maps.shape[2])
+    return np.stack([ndimage.zoom(m, zoom, order=1, grid_mode=True, mode="nearest") for m in maps])
+
+
+def _reference_blur(image: np.ndarray) -> np.ndarray:
+    """SPEC §1's blur by scipy: 5x5 Gaussian (radius 2), sigma 4, zero padding."""
+    return ndimage.gaussian_filter(image, sigma=4.0, radius=2, mode="constant", cval=0.0)
 
 
 def test_identical_features_give_zero_map_and_score() -> None:
@@ -49,14 +68,14 @@ def test_group_distances_and_mean_over_groups() -> None:
     enc, dec = _groups(2), _groups(3)
     dist = group_distance_maps(enc, dec)
     for g in range(2):
-        expected = 1 - F.cosine_similarity(enc[g], dec[g], dim=1)
+        expected = torch.from_numpy(_reference_distance(enc[g], dec[g])).float()
         torch.testing.assert_close(dist[:, g], expected)
     # at the native grid size bilinear resizing is the identity: the map is the mean over groups
     torch.testing.assert_close(anomaly_map(enc, dec, out_size=(4, 4))[:, 0], dist.mean(1))
     up = anomaly_map(enc, dec, out_size=(8, 12))
     assert up.shape == (2, 1, 8, 12)
-    per_group = [F.interpolate(dist[:, g : g + 1], size=(8, 12), mode="bilinear") for g in range(2)]
-    torch.testing.assert_close(up, (per_group[0] + per_group[1]) / 2)
+    per_group = [_reference_resize(_reference_distance(enc[g], dec[g]), (8, 12)) for g in range(2)]
+    torch.testing.assert_close(up[:, 0], torch.from_numpy((per_group[0] + per_group[1]) / 2).float())
 
 
 def test_zero_feature_vectors_give_finite_distance() -> None:
@@ -93,7 +112,8 @@ def test_blur_keeps_constant_interior_and_darkens_borders() -> None:
 def test_blur_matches_a_direct_zero_padded_convolution() -> None:
     gen = torch.Generator().manual_seed(4)
     x = torch.rand(1, 7, 6, generator=gen, dtype=torch.float64)
-    k = gaussian_kernel2d(5, 4.0, dtype=torch.float64)
+    taps = np.exp(-(np.arange(-2.0, 3.0) ** 2) / (2 * 4.0**2))  # 1-D Gaussian, sigma 4, by hand
+    k = torch.from_numpy(np.outer(taps, taps) / np.outer(taps, taps).sum())
     padded = F.pad(x, (2, 2, 2, 2))
     expected = torch.zeros_like(x)
     for i in range(7):
@@ -117,13 +137,19 @@ def test_topk_mean_score_of_a_known_map() -> None:
 def test_evaluation_maps_pipeline() -> None:
     enc, dec = _groups(5), _groups(6)
     maps, scores = evaluation_maps(enc, dec, crop=28, eval_size=20)
-    amap = anomaly_map(enc, dec, out_size=28)
-    resized = F.interpolate(amap, size=(20, 20), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(maps, gaussian_blur(resized)[:, 0])
+    # numpy / scipy reference: distances, per-group upsampling to the crop, mean, resize to eval_size
+    per_group = [
+        _reference_resize(_reference_distance(e, d), (28, 28)) for e, d in zip(enc, dec, strict=True)
+    ]
+    amap = (per_group[0] + per_group[1]) / 2
+    resized = _reference_resize(amap, (20, 20))
+    blurred = np.stack([_reference_blur(m) for m in resized])
+    torch.testing.assert_close(maps, torch.from_numpy(blurred).float())
     k = max(1, int(0.01 * 400))
-    torch.testing.assert_close(scores, maps.flatten(1).topk(k, dim=1).values.mean(1))
+    top = np.sort(maps.numpy().reshape(2, -1), axis=1)[:, -k:]
+    torch.testing.assert_close(scores, torch.from_numpy(top.mean(1)))
     raw, _ = evaluation_maps(enc, dec, crop=28, eval_size=20, blur=False)
-    torch.testing.assert_close(raw, resized[:, 0])
+    torch.testing.assert_close(raw, torch.from_numpy(resized).float())
     assert maps.dtype == torch.float32
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from ssfilter.models.decoder_blocks import build_decoder_block
 from ssfilter.models.linear_attention import LinearAttention, LinearAttentionBlock
-from ssfilter.models.mlla import build_decoder_block
 
 DIM, HEADS = 32, 4
 

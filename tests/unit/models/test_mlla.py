@@ -1,4 +1,4 @@
-"""Tests of the MLLA decoder block, its attention, 2-D RoPE, init helper and block registry."""
+"""Tests of the MLLA decoder block, its attention and 2-D RoPE."""
 
 from __future__ import annotations
 
@@ -10,15 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssfilter.models.linear_attention import LinearAttentionBlock
-from ssfilter.models.mlla import (
-    MLLAAttention,
-    MLLABlock,
-    RoPE2D,
-    build_decoder_block,
-    grid_dwconv,
-    init_weights,
-)
+from ssfilter.models.mlla import MLLAAttention, MLLABlock, RoPE2D
 
 DIM, HEADS = 32, 4
 
@@ -111,18 +103,6 @@ def test_bad_widths_raise() -> None:
         RoPE2D(30)
     with pytest.raises(ValueError, match="num_heads"):
         MLLAAttention(32, 5)
-
-
-def test_grid_dwconv_is_row_major() -> None:
-    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
-    with torch.no_grad():
-        conv.weight.zero_()
-        conv.weight[0, 0, 1, 2] = 1.0  # output(r, c) = input(r, c + 1)
-    x = torch.arange(12.0).reshape(1, 12, 1)  # grid 3x4, token value = index
-    y = grid_dwconv(conv, x, (3, 4)).reshape(3, 4)
-    expected = torch.arange(12.0).reshape(3, 4).roll(-1, dims=1)
-    expected[:, -1] = 0
-    torch.testing.assert_close(y, expected)
 
 
 # ------------------------------------------------------------------------------------------------ RoPE
@@ -312,53 +292,6 @@ def test_layernorm_eps_and_qkv_bias() -> None:
     assert block.norm1.eps == 1e-5 and block.norm2.eps == 1e-5
     assert block.attn.qk.bias is None
     assert MLLABlock(DIM, HEADS).norm1.eps == 1e-8
-
-
-# ------------------------------------------------------------------------------------------------ init
-
-
-def test_init_weights() -> None:
-    torch.manual_seed(0)
-    block = MLLABlock(384, 6)
-    conv_before = block.cpe1.weight.detach().clone()
-    with torch.no_grad():
-        for ln in (block.norm1, block.norm2):
-            ln.weight.fill_(3.0)
-            ln.bias.fill_(2.0)
-    block.apply(init_weights)
-    weights = torch.cat([m.weight.flatten() for m in block.modules() if isinstance(m, nn.Linear)])
-    assert weights.abs().max() <= 0.03
-    # std of N(0, 0.01) truncated at ±3 std is 0.00987
-    assert abs(weights.std().item() - 0.01) < 5e-4
-    assert abs(weights.mean().item()) < 5e-4
-    for m in block.modules():
-        if isinstance(m, nn.Linear):
-            assert torch.all(m.bias == 0)
-        if isinstance(m, nn.LayerNorm):
-            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
-    torch.testing.assert_close(block.cpe1.weight, conv_before, atol=0, rtol=0)  # convs keep their init
-    # one module at a time (timm's ``apply`` convention): a container is not itself changed
-    seq = nn.Sequential(nn.Linear(4, 4))
-    w_before = seq[0].weight.detach().clone()
-    init_weights(seq)
-    torch.testing.assert_close(seq[0].weight, w_before, atol=0, rtol=0)
-    init_weights(seq[0])
-    assert seq[0].weight.abs().max() <= 0.03
-
-
-# ---------------------------------------------------------------------------------------------- registry
-
-
-def test_build_decoder_block() -> None:
-    assert isinstance(build_decoder_block("mlla", DIM, HEADS, 1.0, 1e-8), MLLABlock)
-    linear = build_decoder_block("linear", DIM, HEADS, mlp_ratio=2.0, ln_eps=1e-6)
-    assert isinstance(linear, LinearAttentionBlock)
-    assert linear.norm1.eps == 1e-6 and linear.mlp.fc1.out_features == 2 * DIM
-    x = torch.randn(2, 24, DIM)
-    for kind in ("mlla", "linear"):
-        assert build_decoder_block(kind, DIM, HEADS)(x, (4, 6)).shape == x.shape
-    with pytest.raises(ValueError, match="unknown decoder block kind 'mamba'"):
-        build_decoder_block("mamba", DIM, HEADS)  # type: ignore[arg-type]
 
 
 # -------------------------------------------------------------------------------------------------- ONNX

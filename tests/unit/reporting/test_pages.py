@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ssfilter.evaluation.metrics import METRIC_KEYS, MetricAccumulator
-from ssfilter.filtering.dataset_filter import FilterRecord, FilterRecords, summarize, write_filter_outputs
+from ssfilter.filtering.filter_outputs import FilterRecord, FilterRecords, summarize, write_filter_outputs
 from ssfilter.pipelines.benchmark import results_markdown
 from ssfilter.reporting.benchmark_page import write_benchmark_report
 from ssfilter.reporting.benchmark_tables import results_tables

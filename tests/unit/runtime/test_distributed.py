@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from ssfilter.models.anomaly_map import point_distance
-from ssfilter.models.dinomaly import _seeded_dropout
+from ssfilter.models.dinomaly import seeded_dropout
 from ssfilter.runtime.distributed import derive_seed, gather_rows, is_main_process, shard_bounds, world_size
 from ssfilter.training.checkpoint import build_model
+from ssfilter.training.filter_log import merge_filter_rows
 from ssfilter.training.losses import hard_cosine_loss
-from ssfilter.training.trainer import _merge_filter_rows, dropout_row_seeds
+from ssfilter.training.plan import dropout_row_seeds
 
 
 @pytest.mark.parametrize(("n", "world"), [(8, 2), (7, 2), (32, 3), (5, 5), (4, 1)])
@@ -85,7 +86,7 @@ def test_row_seeded_dropout_does_not_depend_on_the_rest_of_the_batch(tiny_config
     assert not torch.allclose(other[0], first[0]), "another seed gives another dropout mask"
     # The masks keep about 1 - p of the values, scaled by 1 / (1 - p), as F.dropout.
     x = torch.ones(2, 500, 40)
-    out = _seeded_dropout(x, 0.2, [torch.Generator().manual_seed(s) for s in (1, 2)])
+    out = seeded_dropout(x, 0.2, [torch.Generator().manual_seed(s) for s in (1, 2)])
     kept = out != 0
     torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1.25))
     assert abs(float(kept.float().mean()) - 0.8) < 0.01
@@ -98,10 +99,10 @@ def test_merge_filter_rows_sums_counts_and_averages_statistics() -> None:
     labels = {"anomalies": 1, "anomalies_discarded": 1, "normals": 3, "normals_discarded": 1}
     r0 = {**base, **labels, "kept": 2, "mu1": 0.1, "sigma1": 0.02}
     r1 = {**base, **labels, "kept": 3, "mu1": 0.3, "sigma1": math.nan}
-    (row,) = _merge_filter_rows([[r0], [r1]])
+    (row,) = merge_filter_rows([[r0], [r1]])
     assert row["batch"] == 8 and row["kept"] == 5 and row["material"] == 2 and row["synthetic"] == 2
     assert row["anomalies"] == 2 and row["normals_discarded"] == 2
     assert row["mu1"] == pytest.approx(0.2) and row["sigma1"] == pytest.approx(0.02)
-    assert _merge_filter_rows([[r0]]) == [r0]
-    (no_labels,) = _merge_filter_rows([[base | {"kept": 2, "mu1": 0.1, "sigma1": 0.0}], [r1]])
+    assert merge_filter_rows([[r0]]) == [r0]
+    (no_labels,) = merge_filter_rows([[base | {"kept": 2, "mu1": 0.1, "sigma1": 0.0}], [r1]])
     assert "anomalies" not in no_labels

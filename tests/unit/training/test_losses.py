@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ssfilter.training.losses import hard_cosine_loss, hard_mining_p
 
@@ -33,11 +33,24 @@ def _grads(
     return [leaf.grad for leaf in leaves]  # type: ignore[misc]
 
 
+def _distance(enc: torch.Tensor, dec: torch.Tensor) -> np.ndarray:
+    """Reference point distance ``[B, H, W]`` in float64 numpy: 1 - cosine over the channel axis."""
+    e, d = enc.double().numpy(), dec.double().numpy()
+    return 1.0 - (e * d).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(d, axis=1))
+
+
 def _easy_mask(enc: torch.Tensor, dec: torch.Tensor, p: float) -> torch.Tensor:
-    d = 1 - F.cosine_similarity(enc, dec, dim=1)
-    k = max(1, int(d.numel() * (1 - p)))
-    thr = d.flatten().sort(descending=True).values[k - 1]
-    return (d < thr).unsqueeze(1).expand_as(enc)
+    """Reference mask ``[B, C, H, W]``: the positions outside the batch's ``k`` hardest.
+
+    ``k = max(1, int(n * (1 - p)))`` of the ``n`` positions are hard. The numpy distances are ranked with
+    ``argsort`` (random data has no ties), independently of the loss's threshold-and-compare selection.
+    """
+    d = _distance(enc, dec)
+    k = max(1, int(d.size * (1 - p)))
+    hard = np.zeros(d.size, dtype=bool)
+    hard[np.argsort(-d, axis=None, kind="stable")[:k]] = True
+    easy = torch.from_numpy(~hard.reshape(d.shape))
+    return easy.unsqueeze(1).expand_as(enc)
 
 
 def test_hard_mining_p_ramp() -> None:
@@ -91,8 +104,7 @@ def test_p_one_keeps_only_the_hardest_position() -> None:
     g1, g2 = _grads(enc, dec, 1.0, 1.0)[0], _grads(enc, dec, 1.0, 0.1)[0]
     unchanged = (g1 == g2).all(dim=1)  # [B, H, W]
     assert int(unchanged.sum()) == 1
-    d = 1 - F.cosine_similarity(enc[0], dec[0], dim=1)
-    assert unchanged.flatten().nonzero().item() == int(d.flatten().argmax())
+    assert unchanged.flatten().nonzero().item() == int(np.argmax(_distance(enc[0], dec[0])))
 
 
 def test_threshold_is_over_the_whole_batch_not_per_image() -> None:

@@ -13,8 +13,11 @@ from ssfilter.filtering.batch_filter import BatchFilter, BatchSelection, Synthes
 from ssfilter.filtering.synergy import synergy_select
 from ssfilter.runfolder import FILTER_LOG_FILE, MODEL_FILE
 from ssfilter.training.checkpoint import build_model
+from ssfilter.training.filter_log import FILTER_FIELDS
 from ssfilter.training.losses import hard_cosine_loss
-from ssfilter.training.trainer import FILTER_FIELDS, Trainer
+from ssfilter.training.methods import StepBatch, StepModel
+from ssfilter.training.methods.ssfilter import SSFilterMethod
+from ssfilter.training.trainer import Trainer
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -101,18 +104,14 @@ def test_restoration_target_is_the_clean_image(tmp_path: Path, ssf_config) -> No
     images = torch.randn(3, 3, 64, 64)
     synthetic_images = images[[1]] + 2.0 * torch.randn(1, 3, 64, 64)
     syn = Synthesis(synthetic_images, torch.tensor([1]), torch.ones(1, 64, 64, dtype=torch.bool))
-    trainer = Trainer(ssf_config, [], tmp_path / "r", progress=False)
-    trainer._labels = torch.zeros(3, dtype=torch.long)
-    feats = model.encode(images)
-    loss, row = trainer._ssfilter_step(
-        0,
-        model,
-        _FixedFilter(ssf_config.batch_filter, ssf_config.restoration, syn),
-        [0, 1, 2],
-        images,
-        feats,
-        0.0,
+    method = SSFilterMethod(
+        ssf_config,
+        labels=torch.zeros(3, dtype=torch.long),
+        batch_filter=_FixedFilter(ssf_config.batch_filter, ssf_config.restoration, syn),
     )
+    feats = model.encode(images)
+    loss = method.step(StepBatch(0, [0, 1, 2], feats, images, 0.0), StepModel.plain(model))
+    (row,) = method.pending_rows
     assert row["synthetic"] == 1
 
     enc = model.target_groups(feats)

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from ssfilter.data.datasets import discover
 from ssfilter.runfolder import LOG_FILE, MODEL_FILE, STATE_FILE
 from ssfilter.training.checkpoint import load_model, read_model_metadata
-from ssfilter.training.trainer import BatchPlan, Trainer
+from ssfilter.training.plan import BatchPlan
+from ssfilter.training.trainer import Trainer
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

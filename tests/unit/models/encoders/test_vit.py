@@ -1,3 +1,5 @@
+"""Tests of the ViT encoders: DINOv2 weight loading (Meta, timm), Eq. 1 features, position tables."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from ssfilter.errors import WeightsUnavailableError
-from ssfilter.models.encoders import BACKBONES, build_encoder
-
-SHARED = Path(__file__).resolve().parents[3].parent / "shared"
-MOBILENET = SHARED / "weights" / "mobilenet_v2_imagenet.safetensors"
+from ssfilter.models.encoders import build_encoder
+from ssfilter.models.encoders.vit import DINOV2_SPECS
 
 
 def _meta_state_from_timm(timm_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -103,37 +103,6 @@ def test_offline_without_weights_fails_fast_with_instructions(monkeypatch) -> No
         build_encoder("dinov2_vits14_reg")
 
 
-def test_missing_weights_file() -> None:
-    with pytest.raises(WeightsUnavailableError, match="not found"):
-        build_encoder("mobilenet_v2", "/nonexistent/weights.safetensors")
-    with pytest.raises(WeightsUnavailableError, match="--weights"):
-        build_encoder("mobilenet_v2")
-
-
-def test_unknown_backbone() -> None:
-    with pytest.raises(ValueError, match="unknown backbone"):
-        build_encoder("resnet9000")
-
-
-@pytest.mark.parametrize("name", ["tiny_vit", "mobilenet_v2"])
-def test_interface_shapes(name: str) -> None:
-    enc = build_encoder(name, allow_random=True)
-    crop = 64
-    feats = enc(torch.randn(2, 3, crop, crop))
-    h, w = enc.grid_size(crop)
-    assert feats.grid == (h, w)
-    assert [t.shape[-1] for t in feats.layers] == enc.layer_dims
-    for t in feats.layers:
-        assert t.shape == (2, enc.num_prefix + h * w, t.shape[-1])
-    groups = enc.groups(feats)
-    assert [g.shape for g in groups] == [(2, h * w, d) for d in enc.group_dims]
-    assert enc.bottleneck_input(feats).shape == (2, enc.num_prefix + h * w, enc.bottleneck_dim)
-    assert enc.patch_descriptors(feats).shape == (2, h * w, enc.descriptor_dim)
-    assert not any(p.requires_grad for p in enc.parameters())
-    enc.train()
-    assert not enc.training, "a frozen encoder must stay in eval mode"
-
-
 def test_vit_groups_and_descriptor_follow_spec() -> None:
     enc = build_encoder("tiny_vit", allow_random=True)
     feats = enc(torch.randn(1, 3, 32, 32))
@@ -155,32 +124,6 @@ def test_blocks_after_last_target_are_dropped() -> None:
     assert len(enc.vit.blocks) == 10
     full = build_encoder("dinov2_vits14_reg", allow_random=True, keep_all_blocks=True)
     assert len(full.vit.blocks) == 12
-
-
-def test_crop_must_fit_stride() -> None:
-    enc = build_encoder("tiny_vit", allow_random=True)
-    with pytest.raises(ValueError, match="multiple"):
-        enc.check_crop(60)
-
-
-@pytest.mark.skipif(
-    not MOBILENET.is_file(), reason="needs ../shared/weights/mobilenet_v2_imagenet.safetensors"
-)
-def test_mobilenet_real_weights_load_strictly() -> None:
-    enc = build_encoder("mobilenet_v2", str(MOBILENET))
-    feats = enc(torch.zeros(1, 3, 224, 224))
-    assert feats.grid == (28, 28)
-    assert enc.group_dims == [56, 160]
-
-
-def test_backbone_list() -> None:
-    assert set(BACKBONES) >= {
-        "dinov2_vits14_reg",
-        "dinov2_vitb14_reg",
-        "dinov2_vitl14_reg",
-        "mobilenet_v2",
-        "tiny_vit",
-    }
 
 
 @pytest.mark.parametrize("no_embed_class", [True, False])
@@ -224,3 +167,47 @@ def test_position_table_follows_new_weights() -> None:
     fresh.vit.load_state_dict(state)
     torch.testing.assert_close(after, fresh(x).layers[0], rtol=0, atol=0)
     assert len(enc._pos_tables) == 1, "tables of replaced weights are dropped"
+
+
+def test_offline_message_names_the_meta_and_hub_files(monkeypatch) -> None:
+    monkeypatch.setenv("SSFILTER_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_encoder("dinov2_vits14_reg")
+    text = str(info.value)
+    assert text.startswith("offline mode is set.")
+    assert "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth" in text
+    assert "timm/vit_small_patch14_reg4_dinov2.lvd142m" in text and text.endswith("pass --weights PATH.")
+    hint = DINOV2_SPECS["dinov2_vitl14_reg"].hint("dinov2_vitl14_reg")
+    assert "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth" in hint
+    assert "timm/vit_large_patch14_reg4_dinov2.lvd142m (model.safetensors)" in hint
+
+
+def test_dinov2_sizes() -> None:
+    """Widths and target layers of the released DINOv2-reg models (S/B/L: 12/12/24 blocks)."""
+    assert {n: (s.dim, s.heads) for n, s in DINOV2_SPECS.items()} == {
+        "dinov2_vits14_reg": (384, 6),
+        "dinov2_vitb14_reg": (768, 12),
+        "dinov2_vitl14_reg": (1024, 16),
+    }
+    assert DINOV2_SPECS["dinov2_vitl14_reg"].target_layers == (4, 6, 8, 10, 12, 14, 16, 18)
+    enc = build_encoder("dinov2_vits14_reg", allow_random=True)
+    assert (enc.embed_dim, enc.num_heads, enc.stride, enc.num_prefix) == (384, 6, 14, 5)
+
+
+def test_tiny_vit_weights_round_trip(tmp_path: Path) -> None:
+    first = build_encoder("tiny_vit", allow_random=True, seed=1)
+    other = build_encoder("tiny_vit", allow_random=True, seed=2)
+    assert not torch.equal(first.vit.pos_embed, other.vit.pos_embed), "the seed sets the random weights"
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in first.vit.state_dict().items()}, str(path))
+    loaded = build_encoder("tiny_vit", str(path), seed=2)
+    x = torch.randn(1, 3, 32, 32)
+    for a, b in zip(first(x).layers, loaded(x).layers, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    broken = tmp_path / "broken.pth"
+    torch.save({"pos_embed": torch.zeros(1, 64, 48)}, broken)
+    with pytest.raises(WeightsUnavailableError, match="not a tiny_vit state dict"):
+        build_encoder("tiny_vit", str(broken))
+    with pytest.raises(WeightsUnavailableError, match="not found"):
+        build_encoder("tiny_vit", str(tmp_path / "missing.pth"))
