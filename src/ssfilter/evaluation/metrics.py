@@ -11,6 +11,10 @@ float64 region weights) are accepted: anomalous pixels are a small share of a te
 
 Undefined metrics (one class only, no masks, no anomalous pixels, ...) are reported as ``None`` with
 an :class:`UndefinedMetricWarning`, never as 0 or 0.5.
+
+One job, the SPEC §8 metrics, in one file of more than 500 lines: the image metrics, the pixel metrics
+and the streaming :class:`MetricAccumulator` share the input checks and the sorted-by-class curve
+machinery above, and the tests check them against brute-force references as one unit.
 """
 
 from __future__ import annotations
