@@ -23,27 +23,21 @@ import torch
 
 from ssfilter.config import Config, apply_overrides, get_preset, load_config, shortcut_overrides
 from ssfilter.data.datasets import Sample, discover, is_mvtec_layout
-from ssfilter.data.images import Skipped, write_skipped_csv
+from ssfilter.data.images import Skipped
 from ssfilter.data.validation import prepare_training_samples, validate_samples
 from ssfilter.errors import RunExistsError
+from ssfilter.filtering.filter_outputs import summarize
 from ssfilter.inference.run import load_run_folder
 from ssfilter.io import atomic_write_json
+from ssfilter.pipelines.filter_run import check_filter_destinations, filter_folder
+from ssfilter.pipelines.training_run import fit_run
 from ssfilter.runfolder import (
     CALIBRATION_FILE,
-    FILTER_CSV,
     FILTER_JSON,
-    FILTER_LOG_FILE,
-    FILTER_SUMMARY_FILE,
-    MODEL_FILE,
     NOISE_SPLIT_FILE,
-    SKIPPED_FILE,
-    STATE_FILE,
-    write_data_record,
 )
 from ssfilter.runtime.distributed import is_main_process
 from ssfilter.training.checkpoint import build_model
-from ssfilter.training.filter_log import summarize_filter_log
-from ssfilter.training.trainer import Trainer, TrainResult
 
 if TYPE_CHECKING:
     from ssfilter.inference.calibration import Calibration
@@ -113,45 +107,20 @@ class Detector:
             overlap: Keep the injected images in the test set too (the hard setting).
             noise_seed: Seed of the injected selection.
         """
-        run = Path(out)
-        if (run / MODEL_FILE).exists() and not resume and not overwrite:
-            raise RunExistsError(
-                f"{run} already holds a trained model; "
-                "pass --resume to continue it or --overwrite to replace it"
-            )
-        # Under torchrun every process trains; only rank 0 writes run files (is_main_process).
-        main = is_main_process()
-        if overwrite and not resume and main:
-            (run / STATE_FILE).unlink(missing_ok=True)
-        if resume and (run / NOISE_SPLIT_FILE).is_file():
-            from ssfilter.data.noise import NoiseSplit
-
-            saved = NoiseSplit.load(run / NOISE_SPLIT_FILE)
-            noise, overlap, noise_seed = saved.alpha, saved.overlap, saved.seed
-        samples, _ = prepare_training_samples(
-            data, run if main else None, noise=noise, overlap=overlap, noise_seed=noise_seed
+        fit_run(
+            self.config,
+            data,
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            stop_after=stop_after,
+            noise=noise,
+            overlap=overlap,
+            noise_seed=noise_seed,
         )
-        trainer = Trainer(self.config, samples, run, progress=progress, stop_after=stop_after)
-        result: TrainResult = trainer.fit(resume=resume)
-        self.run_dir, self.data = run, Path(data)
+        self.run_dir, self.data = Path(out), Path(data)
         self.model = None
-        if not main:
-            return self
-        write_data_record(run, data, len(samples))
-        if (run / FILTER_LOG_FILE).is_file() and result.iterations == self.config.train.iters:
-            summary = summarize_filter_log(run / FILTER_LOG_FILE)
-            atomic_write_json(run / FILTER_SUMMARY_FILE, summary)
-            if summary["abnormal_recall"] is not None:
-                log.info(
-                    "abnormal recall in the second half of training: %.3f (normals discarded: %.3f)",
-                    summary["abnormal_recall"],
-                    summary["normal_discard_rate"],
-                )
-        log.info("trained %d iterations in %.1fs", result.iterations, result.seconds)
-        if self.config.calibration.after_training and result.iterations == self.config.train.iters:
-            cal = self.predictor().calibrate_unlabelled([s.path for s in samples], progress=progress)
-            cal.save(run)
-            log.info("calibration: %s", cal.rule)
         return self
 
     @classmethod
@@ -269,46 +238,25 @@ class Detector:
             RunExistsError: ``out`` holds a finished filter and ``overwrite`` is false.
             FileExistsError: ``export_clean`` exists and is not an empty folder (checked before filtering).
         """
-        from ssfilter.filtering.clean_export import export_clean as export
-        from ssfilter.filtering.dataset_filter import filter_dataset
-        from ssfilter.filtering.filter_outputs import summarize, write_filter_outputs
-
-        out_dir = Path(out)
-        done = [name for name in (FILTER_CSV, FILTER_JSON) if (out_dir / name).exists()]
-        if done and not overwrite:
-            raise RunExistsError(
-                f"{out_dir} already holds the results of a filter ({', '.join(done)}); "
-                "pass --overwrite to replace them or choose another --out"
-            )
-        if export_clean is not None:
-            dest = Path(export_clean)
-            if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
-                raise FileExistsError(
-                    f"--export-clean '{dest}' already exists and is not an empty folder; choose a new "
-                    "destination (an exported folder is never overwritten)"
-                )
+        check_filter_destinations(out, export_clean, overwrite)
         model = self._ensure_model()
         samples, skipped = self._filter_samples_and_skipped(data)
-        device = next(model.parameters()).device
-        records = filter_dataset(
-            model, samples, self.config, epochs=epochs, min_keep=min_keep, device=device, progress=progress
+        records = filter_folder(
+            model,
+            samples,
+            self.config,
+            out,
+            skipped=skipped,
+            extra={"run": str(self.run_dir) if self.run_dir else None, "n_skipped": len(skipped)},
+            epochs=epochs,
+            min_keep=min_keep,
+            export_clean=export_clean,
+            source_root=Path(data) if data is not None else self.data,
+            progress=progress,
         )
         if not is_main_process():  # torchrun: every process holds the merged records, rank 0 writes
             return summarize(records)
-        extra: dict[str, Any] = {
-            "run": str(self.run_dir) if self.run_dir else None,
-            "n_skipped": len(skipped),
-        }
-        if export_clean is not None:
-            source = Path(data) if data is not None else self.data
-            dest = export(records, export_clean, source_root=source)
-            extra["export_clean"] = str(dest)
-        write_skipped_csv(skipped, out_dir / SKIPPED_FILE)
-        csv_path, json_path = write_filter_outputs(records, out, extra)
-        from ssfilter.reporting.filter_page import write_filter_report
-
-        write_filter_report(out_dir, records, summarize(records))
-        return json.loads(Path(json_path).read_text(encoding="utf-8"))
+        return json.loads((Path(out) / FILTER_JSON).read_text(encoding="utf-8"))
 
     def _filter_samples(self, data: str | Path | None) -> list[Sample]:
         """Training images to filter: the given folder, or the run's own (noisy) training set."""

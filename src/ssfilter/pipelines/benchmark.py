@@ -195,8 +195,8 @@ def _filter(
     model: Any, train: Sequence[Sample], cfg: Config, out: Path, progress: bool, resume: bool = False
 ) -> tuple[list[Sample], dict[str, Any]]:
     """Dataset-level filter of ``train`` with the shared SSFilter model (reused when already finished)."""
-    from ssfilter.filtering.dataset_filter import filter_dataset
-    from ssfilter.filtering.filter_outputs import summarize, write_filter_outputs
+    from ssfilter.filtering.filter_outputs import summarize
+    from ssfilter.pipelines.filter_run import filter_folder
 
     csv_path, json_path = out / FILTER_CSV, out / FILTER_JSON
     if resume and csv_path.is_file() and json_path.is_file():
@@ -207,9 +207,7 @@ def _filter(
             summary = json.loads(json_path.read_text(encoding="utf-8"))
             normal = {p for p, d in decisions.items() if d == "normal"}
             return [s for s in train if s.path in normal], _filter_stats(summary)
-    device = next(model.parameters()).device
-    records = filter_dataset(model, train, cfg, device=device, progress=progress)
-    write_filter_outputs(records, out)
+    records = filter_folder(model, train, cfg, out, report=False, progress=progress)
     normal = {r.path for r in records if r.decision == "normal"}
     return [s for s in train if s.path in normal], _filter_stats(summarize(records))
 

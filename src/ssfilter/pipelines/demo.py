@@ -24,14 +24,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ssfilter.config import Config, get_preset
+from ssfilter.data.datasets import discover
 from ssfilter.data.synthetic import MANIFEST_NAME, make_synthetic_category
+from ssfilter.evaluation.evaluate import EvaluationResult, evaluate_model
+from ssfilter.filtering.filter_outputs import FilterRecords, summarize
+from ssfilter.io import atomic_write_json
+from ssfilter.pipelines.filter_run import filter_folder
+from ssfilter.pipelines.training_run import fit_run
+from ssfilter.reporting.evaluate_page import EvaluateReport
+from ssfilter.reporting.examples import build_evaluate_report
 from ssfilter.runfolder import METRICS_FILE
+from ssfilter.runtime.device import resolve_device
+from ssfilter.training.checkpoint import load_run
 
 if TYPE_CHECKING:
     from ssfilter.data.datasets import Sample
-    from ssfilter.filtering.filter_outputs import FilterRecords
-    from ssfilter.reporting.evaluate_page import EvaluateReport
 
 __all__ = ["DemoSettings", "demo_config", "detect_backbone", "find_demo_weights", "run_demo"]
 
@@ -187,8 +197,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Generate data, train on the noisy folder, filter it, evaluate, write ``out/report.html``.
 
-    The function reads as the demo's script, step by step (longer than a screen for that reason); data
-    generation, labelling, the report and the closing lines are helpers below.
+    Data generation, the three steps (:func:`_run_steps`), labelling, the report and the closing lines
+    are helpers below.
 
     Args:
         out: Output folder (data, run, filter results, metrics, summary and report).
@@ -199,86 +209,86 @@ def run_demo(
     Returns:
         The summary written to ``out/summary.json``.
     """
-    import torch
-
-    from ssfilter.data.datasets import discover
-    from ssfilter.evaluation.evaluate import evaluate_model
-    from ssfilter.filtering.dataset_filter import filter_dataset
-    from ssfilter.filtering.filter_outputs import summarize, write_filter_outputs
-    from ssfilter.io import atomic_write_json
-    from ssfilter.pipelines.training_run import fit_run
-    from ssfilter.reporting.examples import build_evaluate_report
-    from ssfilter.runtime.device import resolve_device
-    from ssfilter.training.checkpoint import load_run
-
     s = settings or DemoSettings()
     t_start = time.perf_counter()
     out = Path(out)
     data = _demo_data(out, s)
     weights = find_demo_weights(weights)
     cfg = demo_config(weights, s)
-    random_encoder = weights is None
-    if random_encoder:
+    if weights is None:
         print(RANDOM_ENCODER_NOTE, flush=True)
     else:
         print(f"demo encoder: {cfg.model.backbone} with weights {weights}", flush=True)
     for stale in ("run", "filter"):
         if (out / stale).exists():
             shutil.rmtree(out / stale)
+    steps = _run_steps(cfg, data, out, progress)
+    encoder = f"{cfg.model.backbone}, " + ("RANDOM weights" if weights is None else f"weights {weights}")
+    figures = _filter_figures(steps.records)
+    counts = ("injected_defects_removed", "injected_defects", "normal_images_kept", "normal_images")
+    intro = _intro_section(s, steps.cfg, encoder, weights is None, tuple(figures[k] for k in counts))  # type: ignore[arg-type]
+    fsum = summarize(steps.records)
+    report = _write_demo_report(out, intro, steps.records, fsum, steps.content, encoder)
+    total_s = time.perf_counter() - t_start
+    summary = {
+        "data": str(data),
+        "run": str(out / "run"),
+        "report": str(report),
+        "backbone": steps.cfg.model.backbone,
+        "random_encoder": weights is None,
+        "weights": weights,
+        "device": str(steps.device),
+        "threads": torch.get_num_threads(),
+        **{f"{k}_seconds": round(v, 1) for k, v in steps.seconds.items()},
+        "total_seconds": round(total_s, 1),
+        "filter": {**fsum, **figures},
+        "metrics": steps.result.metrics,
+        "n_test": steps.result.n_test,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    _print_summary(summary, out, total_s)
+    return summary
 
+
+@dataclass
+class _Steps:
+    """What the demo's three steps produced (train, filter, evaluate)."""
+
+    cfg: Config
+    device: torch.device
+    records: FilterRecords
+    result: EvaluationResult
+    content: EvaluateReport
+    seconds: dict[str, float]
+
+
+def _run_steps(cfg: Config, data: Path, out: Path, progress: bool) -> _Steps:
+    """Train SSFilter on the noisy folder, filter that folder, evaluate on the test split (timed)."""
+    seconds: dict[str, float] = {}
     # 1. train SSFilter on the noisy training folder (the hidden defects are labelled "good" there)
     run = out / "run"
     t0 = time.perf_counter()
     fit_run(cfg, data, run, progress=progress)
-    train_s = time.perf_counter() - t0
+    seconds["train"] = time.perf_counter() - t0
     cfg, model = load_run(run, resolve_device(cfg.train.device))
     device = next(model.parameters()).device
-
     # 2. filter the training folder; the manifest knows which images were defective (for the figures)
     t0 = time.perf_counter()
-    records = filter_dataset(model, _labelled_train(data), cfg, device=device, progress=progress)
-    filter_s = time.perf_counter() - t0
-    write_filter_outputs(records, out / "filter", {"run": str(run), "data": str(data)})
-    fsum = summarize(records)
-
+    extra = {"run": str(run), "data": str(data)}
+    records = filter_folder(
+        model, _labelled_train(data), cfg, out / "filter", extra=extra, report=False, progress=progress
+    )
+    seconds["filter"] = time.perf_counter() - t0
     # 3. evaluate on the test split
     t0 = time.perf_counter()
     test = discover(data, "test")
     result = evaluate_model(model, test, cfg, device=device, progress=progress)
     atomic_write_json(out / METRICS_FILE, result.to_json())
-    eval_s = time.perf_counter() - t0
-
-    # 4. one report with both
-    figures = _filter_figures(records)
-    encoder = f"{cfg.model.backbone}, " + ("RANDOM weights" if random_encoder else f"weights {weights}")
-    counts = ("injected_defects_removed", "injected_defects", "normal_images_kept", "normal_images")
-    intro = _intro_section(s, cfg, encoder, random_encoder, tuple(figures[k] for k in counts))  # type: ignore[arg-type]
+    seconds["evaluate"] = time.perf_counter() - t0
     content = build_evaluate_report(
         model, test, cfg, result, device=device, run_dir=run, context=[("run", str(run)), ("data", str(data))]
     )
-    report = _write_demo_report(out, intro, records, fsum, content, encoder)
-    total_s = time.perf_counter() - t_start
-
-    summary = {
-        "data": str(data),
-        "run": str(run),
-        "report": str(report),
-        "backbone": cfg.model.backbone,
-        "random_encoder": random_encoder,
-        "weights": weights,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "train_seconds": round(train_s, 1),
-        "filter_seconds": round(filter_s, 1),
-        "evaluate_seconds": round(eval_s, 1),
-        "total_seconds": round(total_s, 1),
-        "filter": {**fsum, **figures},
-        "metrics": result.metrics,
-        "n_test": result.n_test,
-    }
-    atomic_write_json(out / "summary.json", summary)
-    _print_summary(summary, out, total_s)
-    return summary
+    return _Steps(cfg, device, records, result, content, seconds)
 
 
 def _filter_figures(records: FilterRecords) -> dict[str, Any]:

@@ -1,27 +1,20 @@
-"""Command-line interface (SPEC §11). Argument parsing only; the work happens in :mod:`ssfilter.api`."""
+"""The ``ssfilter`` argument parser: one function per command, each defining that command's options."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
-import sys
-import time
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 from ssfilter.config import PRESETS
 from ssfilter.training.methods import list_methods
 from ssfilter.version import VERSION
 
-__all__ = ["build_parser", "main"]
+__all__ = ["METHODS", "build_parser"]
 
 METHODS = list_methods()
 
 
-def _add_config_options(p: argparse.ArgumentParser, *, train: bool) -> None:
+def add_config_options(p: argparse.ArgumentParser, *, train: bool) -> None:
     g = p.add_argument_group("configuration")
     g.add_argument(
         "--preset", choices=sorted(PRESETS), default=None, help="named preset (default paper-448-392)"
@@ -58,7 +51,7 @@ def _add_config_options(p: argparse.ArgumentParser, *, train: bool) -> None:
         g.add_argument("--device", default=None, help="auto (default), cpu or cuda")
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     """Argparse type of a count that may be 0."""
     try:
         value = int(text)
@@ -94,7 +87,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="stop after iteration N as if interrupted (e.g. a job time limit); continue with --resume",
     )
-    _add_config_options(p, train=True)
+    add_config_options(p, train=True)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -153,7 +146,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue an interrupted benchmark in --out (keeps done rows)"
     )
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a benchmark")
-    _add_config_options(p, train=True)
+    add_config_options(p, train=True)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -221,7 +214,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _add_info(sub: argparse._SubParsersAction) -> None:
     """Arguments of ``ssfilter info``."""
     p = sub.add_parser("info", help="parameter count and GFLOPs of a configuration (JSON)")
-    _add_config_options(p, train=False)
+    add_config_options(p, train=False)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -262,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     parser.add_argument(
         "--max-image-pixels",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=None,
         metavar="N",
         help="decompression-bomb limit per image in pixels (default: Pillow's, about 89 Mpx; 0: no limit); "
@@ -272,243 +265,3 @@ def build_parser() -> argparse.ArgumentParser:
     for add in _SUBCOMMANDS:
         add(sub)
     return parser
-
-
-def _config_from_args(args: argparse.Namespace):  # noqa: ANN202 - Config, imported lazily
-    from ssfilter.config import SHORTCUTS, apply_overrides, get_preset, load_config, shortcut_overrides
-
-    if args.config is not None:
-        cfg = load_config(args.config)
-        if args.preset:
-            warnings.warn("--config given: --preset is ignored", stacklevel=2)
-    else:
-        cfg = get_preset(args.preset or "paper-448-392")
-    apply_overrides(cfg, shortcut_overrides({name: getattr(args, name, None) for name in SHORTCUTS}))
-    apply_overrides(cfg, args.overrides)
-    if getattr(args, "weights", None) is not None:
-        cfg.model.weights = str(Path(args.weights).resolve())
-    return cfg
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from ssfilter.api import Detector
-
-    cfg = _config_from_args(args)
-    if args.resume and (args.out / "config.yaml").is_file():
-        from ssfilter.config import load_config
-
-        saved = load_config(args.out / "config.yaml")
-        if saved.to_dict() != cfg.to_dict():
-            print(f"note: resuming with the configuration saved in {args.out}/config.yaml", file=sys.stderr)
-        cfg = saved
-    t0 = time.perf_counter()
-    Detector(cfg).fit(
-        args.data,
-        args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        noise=args.noise,
-        overlap=args.overlap,
-        noise_seed=args.noise_seed,
-        stop_after=args.stop_after,
-    )
-    if _is_main_process():
-        print(f"trained in {time.perf_counter() - t0:.1f}s; run folder: {args.out}")
-    return 0
-
-
-def _is_main_process() -> bool:
-    """Rank 0 of a torchrun launch, or the only process: the one that prints results."""
-    from ssfilter.runtime.distributed import is_main_process
-
-    return is_main_process()
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ssfilter.api import Detector
-
-    det = Detector.load(args.run, device=args.device)
-    payload = det.evaluate(args.data, out=args.out, progress=not args.quiet, report=args.report)
-    print(json.dumps({"metrics": payload["metrics"], "n_test": payload["n_test"]}, indent=2))
-    if args.report is not None:
-        print(f"report: {args.report / 'report.html'}")
-    return 0
-
-
-def _cmd_filter(args: argparse.Namespace) -> int:
-    from ssfilter.api import Detector
-
-    det = Detector.load(args.run, device=args.device)
-    summary = det.filter(
-        args.data,
-        args.out,
-        epochs=args.epochs,
-        min_keep=args.min_keep,
-        export_clean=args.export_clean,
-        progress=not args.quiet,
-        overwrite=args.overwrite,
-    )
-    if _is_main_process():
-        print(json.dumps(summary, indent=2))
-        print(f"report: {args.out / 'report.html'}")
-    return 0
-
-
-def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from ssfilter.pipelines.benchmark import parse_methods, run_benchmark
-
-    methods = parse_methods(args.methods)
-    try:
-        alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
-    except ValueError:
-        raise ValueError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
-    t0 = time.perf_counter()
-    run_benchmark(
-        args.data,
-        alphas,
-        methods,
-        _config_from_args(args),
-        args.out,
-        overlap=args.overlap,
-        noise_seed=args.noise_seed,
-        progress=not args.quiet,
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
-    print((args.out / "results.md").read_text(encoding="utf-8"))
-    print(f"benchmark finished in {time.perf_counter() - t0:.0f}s; results in {args.out}")
-    print(f"report: {args.out / 'report.html'}")
-    return 0
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from ssfilter.api import Detector
-
-    det = Detector.load(args.run, device=args.device)
-    report = det.predict_files(
-        args.inputs,
-        args.out,
-        batch_size=args.batch_size,
-        threshold=args.threshold,
-        progress=not args.quiet,
-        overwrite=args.overwrite,
-    )
-    print(
-        f"{len(report.records)} image(s): {report.n_ng} NG, {len(report.records) - report.n_ng} OK "
-        f"(raw threshold {report.calibration.image_threshold:.6g}); {len(report.skipped)} skipped; "
-        f"results in {args.out}"
-    )
-    if not report.records:
-        print(f"error: no readable image among the inputs; see {args.out / 'skipped.csv'}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from ssfilter.api import Detector
-
-    det = Detector.load(args.run, device=args.device)
-    cal = det.calibrate(args.data, val=args.val, progress=not args.quiet)
-    print(json.dumps(cal.to_dict(), indent=2))
-    return 0
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    if args.format.lower() != "onnx":
-        print(f"error: unsupported export format {args.format!r}; only 'onnx' is available", file=sys.stderr)
-        return 2
-    try:
-        from ssfilter.inference.export import ExportParityError, export_onnx
-        from ssfilter.inference.onnx_predictor import read_onnx_metadata
-    except ImportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        path = export_onnx(
-            args.run, args.out, opset=args.opset, batch_size=args.batch_size, check_images=args.check_images
-        )
-    except ExportParityError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except ImportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    parity = read_onnx_metadata(path)["parity"]
-    print(
-        f"wrote {path}; parity on {parity['n_images']} inputs ({parity['n_real']} real images): "
-        f"max |diff| calibrated map {parity['max_map_diff']:.3g} (tolerance {parity['map_tolerance']:g}), "
-        f"normalised score {parity['max_score_diff']:.3g} (tolerance {parity['score_tolerance']:g}), "
-        f"OK/NG label mismatches {parity['label_mismatches']}; raw map {parity['max_raw_map_diff']:.3g}, "
-        f"raw score {parity['max_raw_score_diff']:.3g}"
-    )
-    return 0
-
-
-def _cmd_info(args: argparse.Namespace) -> int:
-    from ssfilter.api import model_info
-
-    print(json.dumps(model_info(_config_from_args(args)), indent=2))
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from ssfilter.pipelines.demo import run_demo
-
-    run_demo(args.out, weights=args.weights, progress=not args.quiet)
-    return 0
-
-
-_COMMANDS = {
-    "train": _cmd_train,
-    "evaluate": _cmd_evaluate,
-    "filter": _cmd_filter,
-    "benchmark": _cmd_benchmark,
-    "info": _cmd_info,
-    "demo": _cmd_demo,
-    "predict": _cmd_predict,
-    "calibrate": _cmd_calibrate,
-    "export": _cmd_export,
-}
-
-
-#: What Ctrl-C leaves behind, per command (every output file is written atomically).
-_INTERRUPTED = {
-    "train": "interrupted; the last complete checkpoint is kept (use --resume to continue)",
-    "benchmark": "interrupted; finished rows and checkpoints are kept (use --resume to continue)",
-    "filter": "interrupted before the filter finished: filter.csv/json and the --export-clean folder "
-    "were not written (earlier results are unchanged); run the command again",
-}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ssfilter`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    from ssfilter.data.images import PIXEL_LIMIT_ENV
-    from ssfilter.errors import SSFilterError
-
-    if args.max_image_pixels is not None:  # through the environment, so workers and ranks see it too
-        os.environ[PIXEL_LIMIT_ENV] = str(args.max_image_pixels)
-
-    done = False
-    try:
-        status = _COMMANDS[args.command](args)
-        done = True
-        return status
-    except KeyboardInterrupt:
-        print(_INTERRUPTED.get(args.command, "interrupted; no output was half-written"), file=sys.stderr)
-        return 130
-    # SSFilterError: every refusal of ssfilter's own (bad weights, run folder, device, an image that
-    # became unreadable after validation, ...); the built-in ones come from argument checks.
-    except (SSFilterError, FileNotFoundError, NotADirectoryError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if "ssfilter.runtime.distributed" in sys.modules:  # a torchrun launch joined a process group
-            sys.modules["ssfilter.runtime.distributed"].cleanup(wait=done)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Filter one folder with a trained model and write what a user reads: lists, clean folder, report.
+
+The wiring behind ``Detector.filter`` / ``ssfilter filter``, also used by the demo and the benchmark, so
+the dataset filter's outputs are written in one place and in one order: the clean folder, ``skipped.csv``,
+``filter.csv``/``filter.json``, then ``report.html``. Nothing is written before the filter has finished, so
+an interrupted run leaves the output folder as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ssfilter.config import Config
+from ssfilter.data.datasets import Sample
+from ssfilter.data.images import Skipped, write_skipped_csv
+from ssfilter.errors import RunExistsError
+from ssfilter.filtering.clean_export import export_clean as export_clean_folder
+from ssfilter.filtering.dataset_filter import filter_dataset
+from ssfilter.filtering.filter_outputs import FilterRecords, summarize, write_filter_outputs
+from ssfilter.models.dinomaly import DinomalyModel
+from ssfilter.reporting.filter_page import write_filter_report
+from ssfilter.runfolder import FILTER_CSV, FILTER_JSON, SKIPPED_FILE
+from ssfilter.runtime.distributed import is_main_process
+
+__all__ = ["check_filter_destinations", "filter_folder"]
+
+
+def check_filter_destinations(
+    out: str | os.PathLike[str], export_clean: str | os.PathLike[str] | None, overwrite: bool
+) -> None:
+    """Refuse, before any work, outputs that would replace earlier results or a user's folder.
+
+    Raises:
+        RunExistsError: ``out`` holds a finished filter and ``overwrite`` is false.
+        FileExistsError: ``export_clean`` exists and is not an empty folder.
+    """
+    out_dir = Path(out)
+    done = [name for name in (FILTER_CSV, FILTER_JSON) if (out_dir / name).exists()]
+    if done and not overwrite:
+        raise RunExistsError(
+            f"{out_dir} already holds the results of a filter ({', '.join(done)}); "
+            "pass --overwrite to replace them or choose another --out"
+        )
+    if export_clean is not None:
+        dest = Path(export_clean)
+        if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
+            raise FileExistsError(
+                f"--export-clean '{dest}' already exists and is not an empty folder; choose a new "
+                "destination (an exported folder is never overwritten)"
+            )
+
+
+def filter_folder(
+    model: DinomalyModel,
+    samples: Sequence[Sample],
+    cfg: Config,
+    out: str | os.PathLike[str],
+    *,
+    skipped: Sequence[Skipped] = (),
+    extra: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    min_keep: int | None = None,
+    export_clean: str | os.PathLike[str] | None = None,
+    source_root: str | os.PathLike[str] | None = None,
+    report: bool = True,
+    progress: bool = True,
+) -> FilterRecords:
+    """Run the dataset filter over ``samples`` and write its outputs into ``out`` (rank 0 only).
+
+    Args:
+        model: The trained model (on its device).
+        samples: Readable images to filter.
+        cfg: The run's configuration.
+        out: Output folder of ``filter.csv`` / ``filter.json`` (and ``skipped.csv``, ``report.html``).
+        skipped: Unreadable inputs left out before, listed in ``skipped.csv`` when given.
+        extra: More entries for ``filter.json`` (run, data, ...).
+        epochs: kappa_1 (default ``cfg.dataset_filter.epochs``).
+        min_keep: kappa_2 (default ``cfg.dataset_filter.min_keep``).
+        export_clean: Folder to receive the kept images (checked by :func:`check_filter_destinations`).
+        source_root: The data root the kept images' relative layout is taken from.
+        report: Also write ``report.html`` (the demo writes a combined page of its own).
+        progress: Show a progress bar.
+
+    Returns:
+        The per-image records (every process holds them under ``torchrun``; only rank 0 writes).
+    """
+    device = next(model.parameters()).device
+    records = filter_dataset(
+        model, samples, cfg, epochs=epochs, min_keep=min_keep, device=device, progress=progress
+    )
+    if not is_main_process():
+        return records
+    entries = dict(extra or {})
+    if export_clean is not None:
+        entries["export_clean"] = str(export_clean_folder(records, export_clean, source_root=source_root))
+    out_dir = Path(out)
+    if skipped or report:
+        write_skipped_csv(skipped, out_dir / SKIPPED_FILE)
+    write_filter_outputs(records, out_dir, entries)
+    if report:
+        write_filter_report(out_dir, records, summarize(records))
+    return records
