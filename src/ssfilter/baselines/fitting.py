@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ssfilter.baselines.registry import Baseline
 from ssfilter.config import DataConfig
 from ssfilter.data.datasets import AnomalyDataset, Sample
-from ssfilter.data.transforms import build_image_transform
+from ssfilter.data.transforms import transform_for
 
 __all__ = ["fit_on_samples"]
 
@@ -39,7 +39,7 @@ def fit_on_samples(
     """
     device = torch.device(device)
     encoder = model.encoder
-    transform = build_image_transform(data_cfg.resize, data_cfg.crop, encoder.mean, encoder.std)
+    transform = transform_for(data_cfg, encoder)
     loader = DataLoader(
         AnomalyDataset(list(train_samples), transform),
         batch_size=batch_size or data_cfg.batch_size,

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ssfilter.baselines.registry import Baseline
 from ssfilter.config import Config, DataConfig
 from ssfilter.data.datasets import AnomalyDataset, Sample
-from ssfilter.data.transforms import build_image_transform, build_mask_transform
+from ssfilter.data.transforms import build_mask_transform, transform_for
 from ssfilter.evaluation.metrics import MetricAccumulator
 from ssfilter.models.anomaly_map import evaluation_maps
 from ssfilter.models.dinomaly import DinomalyModel
@@ -169,7 +169,7 @@ def evaluate(
         progress: Show a progress bar.
     """
     device = scorer.device
-    transform = build_image_transform(data_cfg.resize, data_cfg.crop, scorer.mean, scorer.std)
+    transform = transform_for(data_cfg, scorer)
     mask_transform = build_mask_transform(data_cfg.resize, data_cfg.crop)
     dataset = AnomalyDataset(list(samples), transform, mask_transform)
     loader = DataLoader(

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from ssfilter.config import Config
 from ssfilter.data.datasets import LABEL_ANOMALOUS, LABEL_NORMAL, LABEL_UNKNOWN, AnomalyDataset, Sample
-from ssfilter.data.transforms import build_image_transform
+from ssfilter.data.transforms import transform_for
 from ssfilter.filtering.batch_filter import BatchFilter, BatchSelection
 from ssfilter.filtering.filter_outputs import Decision, FilterRecord, FilterRecords
 from ssfilter.models.dinomaly import DinomalyModel
@@ -277,9 +277,7 @@ class DatasetFilter:
         model.to(dev)
         was_training = model.training
         model.eval()  # the uncertainty passes force the bottleneck dropout on by themselves
-        transform = build_image_transform(
-            self.cfg.data.resize, self.cfg.data.crop, model.encoder.mean, model.encoder.std
-        )
+        transform = transform_for(self.cfg, model.encoder)
         budget = cache_bytes if cache_features else 0
         dataset = AnomalyDataset(samples, transform)
         cache = FeatureCache(dataset, model, dev, budget, pin_memory=dev.type == "cuda")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, Sample
-from ssfilter.data.transforms import build_image_transform, build_mask_transform, denormalize
+from ssfilter.data.transforms import build_mask_transform, denormalize, transform_for
 from ssfilter.evaluation.evaluate import EvaluationResult, predict_maps
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.reporting.evaluate_page import EvaluateReport, ExampleGroup, ExampleImage, HeatmapScale
@@ -146,7 +146,7 @@ def build_evaluate_report(
     device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
-    transform = build_image_transform(cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std)
+    transform = transform_for(cfg, model.encoder)
     dataset = AnomalyDataset(
         [by_path[result.paths[i]] for i in wanted],
         transform,

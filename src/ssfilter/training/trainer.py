@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, Sample
-from ssfilter.data.transforms import build_image_transform
+from ssfilter.data.transforms import transform_for
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.feature_cache import FeatureCache
 from ssfilter.runfolder import LOG_FILE, MODEL_FILE, STATE_FILE
@@ -186,9 +186,7 @@ class Trainer:
         optimizer = StableAdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True)
         scheduler = build_scheduler(optimizer, cfg.train.iters, cfg.train.warmup_iters, cfg.train.final_lr)
         method = method_cls(cfg, rank=rank, world=world, labels=self._labels)
-        transform = build_image_transform(
-            cfg.data.resize, cfg.data.crop, model.encoder.mean, model.encoder.std
-        )
+        transform = transform_for(cfg, model.encoder)
         dataset = AnomalyDataset(self.samples, transform)
         plan = BatchPlan(len(dataset), cfg.data.batch_size, cfg.train.seed)
         if plan.batch_size < world:
