@@ -144,6 +144,11 @@ class BatchFilterConfig:
         image_topk_ratio: Share of top patches / pixels averaged per image score (paper: 0.01).
         keep_ratio: Share of the batch ranked as "lower half" (paper: 0.5).
         block_rows: Row-block size of the patch similarity computation (memory bound).
+        descriptor_layers: Eq. 1's ``L1``: indices into the encoder's target layers whose patch tokens are
+            concatenated into the patch descriptor (Table 8). ``None`` with ``descriptor_mean_layers`` also
+            ``None``: the backbone's own descriptor (ViTs: the paper's ``L1 = [0, 3]``, ``L2 = [0, 3, 7]``).
+        descriptor_mean_layers: Eq. 1's ``L2``: target layers averaged and appended after ``L1`` (``[]``: no
+            mean term). When either list is set, an unset one counts as empty.
     """
 
     patch_scoring: bool = True
@@ -156,6 +161,8 @@ class BatchFilterConfig:
     image_topk_ratio: float = 0.01
     keep_ratio: float = 0.5
     block_rows: int = 4096
+    descriptor_layers: list[int] | None = None
+    descriptor_mean_layers: list[int] | None = None
 
 
 @dataclass
@@ -168,6 +175,13 @@ class RestorationConfig:
         material_percentile: T_p percentile cap (paper: 99).
         materials_min: Materials pasted per synthetic image at the start of training.
         materials_max: Materials pasted per synthetic image at the end of training (paper: 5).
+        synthesis: How synthetic anomalies are made (Table 5): ``"ours"`` (the paper's: real materials of the
+            batch's candidates, one image per candidate), ``"cutpaste"`` or ``"draem"`` (the baselines; see
+            :mod:`ssfilter.filtering.synthesis_registry`).
+        material_count: Materials per synthetic image (Table 9): ``"schedule"`` (paper: from
+            ``materials_min`` to ``materials_max`` over training), ``"schedule:A:B"``, ``"fixed:N"`` or
+            ``"rand:A:B"`` (see :mod:`ssfilter.filtering.material_counts`). Only for ``"ours"``.
+        synthetic_per_batch: Synthetic images per batch of the ``cutpaste`` and ``draem`` methods (paper: 2).
     """
 
     enabled: bool = True
@@ -175,6 +189,9 @@ class RestorationConfig:
     material_percentile: float = 99.0
     materials_min: int = 1
     materials_max: int = 5
+    synthesis: str = "ours"
+    material_count: str = "schedule"
+    synthetic_per_batch: int = 2
 
 
 @dataclass

@@ -7,7 +7,9 @@ Modules, bottom to top (each imports only those above it in this list):
 * ``synergy`` -- the synergy selection: which images of a batch are kept, which are material candidates.
 * ``materials`` -- material extraction from the candidates (Eq. 11); ``random_draws`` -- seeded single draws;
   ``material_bank`` -- the recent materials; ``foreground`` -- object masks of kept images;
-  ``synthesis`` -- materials pasted onto kept images (restoration, §3.5, Eq. 13).
+  ``synthesis_registry`` -- the synthesis methods by name (Table 5); ``synthesis`` -- materials pasted onto
+  kept images (restoration, §3.5, Eq. 13, "ours"); ``cutpaste`` / ``draem`` -- the Table 5 baselines;
+  ``material_counts`` -- materials per synthetic image (Table 9 rules).
 * ``batch_filter`` -- :class:`BatchFilter`, the in-batch filter joining all of the above for one batch.
 * ``filter_outputs`` -- the dataset filter's records, summary, ``filter.csv`` / ``filter.json``.
 * ``clean_export`` -- the kept images laid out as a clean training folder.

@@ -18,10 +18,11 @@ from torch import Tensor
 from ssfilter.config import BatchFilterConfig, RestorationConfig
 from ssfilter.filtering.foreground import foreground_masks
 from ssfilter.filtering.material_bank import MaterialBank
+from ssfilter.filtering.material_counts import parse_material_count
 from ssfilter.filtering.materials import Material, extract_materials
 from ssfilter.filtering.patch_scoring import batch_anomaly_scores
 from ssfilter.filtering.synergy import FilterDecision, synergy_select
-from ssfilter.filtering.synthesis import materials_per_image, synthesize_batch
+from ssfilter.filtering.synthesis_registry import SynthesisRequest, get_synthesis
 from ssfilter.filtering.uncertainty import Uncertainty, mc_uncertainty
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.encoders import EncoderFeatures
@@ -62,8 +63,9 @@ class BatchFilter:
     """The in-batch filter: scores a batch (patch comparison, uncertainty), selects, synthesises anomalies.
 
     Args:
-        cfg: In-batch filter configuration (ablation switches, K, tau, ratios).
-        restoration: Restoration configuration (on/off, material thresholds and counts).
+        cfg: In-batch filter configuration (ablation switches, K, tau, ratios, descriptor layers).
+        restoration: Restoration configuration (on/off, synthesis method, material thresholds and counts);
+            the synthesis method and material-count rule are checked here, before any training.
         total_iters: Training length (the number of pasted materials grows over it).
         seed: Seed of the synthesis random generator.
         bank_capacity: Materials kept across iterations; 0 = the current batch only (the paper's
@@ -85,6 +87,14 @@ class BatchFilter:
         self.total_iters = total_iters
         self.bank = MaterialBank(bank_capacity)
         self.generator = torch.Generator().manual_seed(seed)
+        self.synthesis = get_synthesis(restoration.synthesis)(restoration.synthetic_per_batch)
+        self.material_count = parse_material_count(
+            restoration.material_count, restoration.materials_min, restoration.materials_max
+        )
+        explicit = cfg.descriptor_layers is not None or cfg.descriptor_mean_layers is not None
+        self.descriptor_layers = (
+            (list(cfg.descriptor_layers or []), list(cfg.descriptor_mean_layers or [])) if explicit else None
+        )
 
     # -- scoring and selection -------------------------------------------------------------------
 
@@ -94,10 +104,16 @@ class BatchFilter:
         cfg = self.cfg
         a = None
         if cfg.patch_scoring and feats.batch_size >= 2:
-            desc = model.encoder.patch_descriptors(feats)
+            desc = self.descriptors(model, feats)
             a = batch_anomaly_scores(desc, cfg.patch_topk_ratio, cfg.image_topk_ratio, cfg.block_rows)
         unc = mc_uncertainty(model, feats, cfg.mc_passes, cfg.image_topk_ratio) if cfg.uncertainty else None
         return a, unc
+
+    def descriptors(self, model: DinomalyModel, feats: EncoderFeatures) -> Tensor:
+        """Patch descriptors for comparison scoring: the backbone's own, or the configured L1/L2 (Table 8)."""
+        if self.descriptor_layers is None:
+            return model.encoder.patch_descriptors(feats)
+        return model.encoder.layer_descriptors(feats, *self.descriptor_layers)
 
     @torch.no_grad()
     def select(
@@ -127,7 +143,8 @@ class BatchFilter:
         )
         materials: list[Material] = []
         restore = self.restoration
-        if images is not None and restore.enabled and unc is not None and bool(decision.material.any()):
+        wanted = images is not None and restore.enabled and self.synthesis.uses_materials
+        if wanted and unc is not None and bool(decision.material.any()):
             materials = extract_materials(
                 images,
                 unc.acc_map,
@@ -148,25 +165,29 @@ class BatchFilter:
         kept_feats: EncoderFeatures,
         selection: BatchSelection,
     ) -> Synthesis | None:
-        """Paste this batch's materials onto randomly chosen kept images (paper §3.5).
+        """Synthetic anomalies from randomly chosen kept images (paper §3.5), by ``restoration.synthesis``.
 
-        One synthetic image per material candidate of the batch (paper); the bank supplies the
-        materials. Returns None when restoring is off or there is nothing to paste.
+        The paper's method pastes the bank's materials, one synthetic image per material candidate of
+        the batch; the CutPaste and DRAEM baselines (Table 5) make ``restoration.synthetic_per_batch``
+        images from the kept images alone. Every method works inside the kept images' foreground.
+        Returns None when restoring is off or there is nothing to make.
         """
         if not self.restoration.enabled:
             return None
+        method = self.synthesis
         self.bank.add(selection.materials)
-        count = len(selection.materials)
-        if count == 0 or len(self.bank) == 0 or kept_images.shape[0] == 0:
+        count = method.count(len(selection.materials))
+        if count == 0 or kept_images.shape[0] == 0 or (method.uses_materials and len(self.bank) == 0):
             return None
         crop = kept_images.shape[-1]
         fg = foreground_masks(model.encoder.foreground_features(kept_feats), kept_feats.grid, crop)
-        n_per = materials_per_image(
-            iteration, self.total_iters, self.restoration.materials_min, self.restoration.materials_max
-        )
-        images, source, masks = synthesize_batch(
-            kept_images, fg.to(kept_images.device), self.bank.materials, count, n_per, self.generator
-        )
+        request = SynthesisRequest(kept_images, fg.to(kept_images.device), count)
+        if method.uses_materials:
+            request.materials = self.bank.materials
+            request.materials_per_image = self.material_count.counts(
+                iteration, self.total_iters, count, self.generator
+            )
+        images, source, masks = method.synthesize(request, self.generator)
         if images.shape[0] == 0:
             return None
         return Synthesis(images, source, masks)

@@ -9,7 +9,9 @@ decoder INPUT is the synthetic one, so the decoder learns to restore normal appe
 Everything here works on normalised image tensors, on any device, and draws all randomness from a caller-owned
 :class:`torch.Generator` (sampled on the generator's device), so synthesis is reproducible and resumable.
 Project choice (the paper is silent): the number of materials per synthetic image grows in equal stages from
-1 to 5 (:func:`materials_per_image`, Table 9).
+1 to 5 (:func:`materials_per_image`, Table 9); the other rules of Table 9 are in
+:mod:`ssfilter.filtering.material_counts`. This is the ``ours`` entry of the synthesis registry
+(:mod:`ssfilter.filtering.synthesis_registry`), next to the CutPaste and DRAEM-style baselines of Table 5.
 """
 
 from __future__ import annotations
@@ -25,8 +27,15 @@ from torchvision.transforms import InterpolationMode
 
 from ssfilter.filtering.materials import Material
 from ssfilter.filtering.random_draws import draw_index, draw_uniform
+from ssfilter.filtering.synthesis_registry import SynthesisMethod, SynthesisRequest, register_synthesis
 
-__all__ = ["materials_per_image", "paste_materials", "rotate_material", "synthesize_batch"]
+__all__ = [
+    "MaterialSynthesis",
+    "materials_per_image",
+    "paste_materials",
+    "rotate_material",
+    "synthesize_batch",
+]
 
 
 def materials_per_image(iteration: int, total_iters: int, n_min: int = 1, n_max: int = 5) -> int:
@@ -142,7 +151,7 @@ def synthesize_batch(
     kept_foreground: Tensor,
     materials: Sequence[Material],
     count: int,
-    n_per_image: int,
+    n_per_image: int | Sequence[int],
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Build ``count`` synthetic anomalies from randomly chosen kept images (paper §3.5, Eq. 13).
@@ -155,7 +164,8 @@ def synthesize_batch(
         kept_foreground: Their foreground masks, bool ``[N, H, W]``.
         materials: Materials to paste.
         count: Number of synthetic images.
-        n_per_image: Materials per synthetic image (see :func:`materials_per_image`).
+        n_per_image: Materials per synthetic image (see :func:`materials_per_image`), or one count per
+            synthetic image (``count`` values; see :mod:`ssfilter.filtering.material_counts`).
         generator: Source of all randomness.
 
     Returns:
@@ -180,12 +190,41 @@ def synthesize_batch(
             torch.empty((0, *kept_images.shape[2:]), dtype=torch.bool, device=device),
         )
 
+    per_image = [n_per_image] * count if isinstance(n_per_image, int) else list(n_per_image)
+    if len(per_image) != count:
+        raise ValueError(f"expected {count} material counts, got {len(per_image)}")
     sources = [draw_index(n_kept, generator) for _ in range(count)]
     images, masks = [], []
-    for i in sources:
-        synthetic, mask = paste_materials(
-            kept_images[i], materials, kept_foreground[i], n_per_image, generator
-        )
+    for i, n in zip(sources, per_image, strict=True):
+        synthetic, mask = paste_materials(kept_images[i], materials, kept_foreground[i], n, generator)
         images.append(synthetic)
         masks.append(mask)
     return torch.stack(images), torch.tensor(sources, dtype=torch.long, device=device), torch.stack(masks)
+
+
+@register_synthesis("ours")
+class MaterialSynthesis(SynthesisMethod):
+    """The paper's synthesis (Table 5 "ours"): real materials pasted on kept images, one per candidate.
+
+    Makes one synthetic image per material candidate of the batch (paper §3.5) with :func:`synthesize_batch`;
+    nothing while the material bank is empty.
+    """
+
+    uses_materials = True
+
+    def count(self, n_candidates: int) -> int:
+        """One synthetic image per material candidate."""
+        return n_candidates
+
+    def synthesize(
+        self, request: SynthesisRequest, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Paste ``request.materials_per_image`` materials on randomly chosen kept images."""
+        return synthesize_batch(
+            request.kept_images,
+            request.foreground,
+            request.materials,
+            request.count,
+            request.materials_per_image,
+            generator,
+        )

@@ -11,6 +11,7 @@ the code never branches on the backbone type.
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -144,6 +145,43 @@ class Encoder(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def patch_descriptors(self, feats: EncoderFeatures) -> Tensor:
         """Patch descriptors ``[B, H*W, descriptor_dim]`` for comparison scoring (Eq. 1)."""
+
+    def layer_descriptors(
+        self, feats: EncoderFeatures, concat: Sequence[int], mean: Sequence[int] = ()
+    ) -> Tensor:
+        """Eq. 1 with explicit layer sets: ``concat(layers L1, mean(layers L2))`` of the patch tokens.
+
+        The descriptor ablation of Table 8 (``batch_filter.descriptor_layers`` / ``descriptor_mean_layers``).
+        Indices refer to the target-layer list. The result goes through :meth:`aggregate_descriptors`, as the
+        backbone's own descriptor does.
+
+        Raises:
+            ValueError: Both sets empty, an index out of range, or ``mean`` layers of different widths.
+        """
+        n = len(feats.layers)
+        concat, mean = [int(i) for i in concat], [int(i) for i in mean]
+        if not concat and not mean:
+            raise ValueError("patch descriptor layers: L1 and L2 are both empty")
+        bad = [i for i in [*concat, *mean] if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"patch descriptor layers {bad} out of range: {self.name} has {n} target layers")
+        parts = [feats.patches(i) for i in concat]
+        if mean:
+            widths = {feats.layers[i].shape[-1] for i in mean}
+            if len(widths) > 1:
+                raise ValueError(
+                    f"patch descriptor L2 layers {mean} have different widths {sorted(widths)} and cannot be "
+                    "averaged; list them in L1 instead"
+                )
+            total = feats.patches(mean[0])
+            for i in mean[1:]:
+                total = total + feats.patches(i)
+            parts.append(total / len(mean))
+        return self.aggregate_descriptors(torch.cat(parts, dim=-1), feats.grid)
+
+    def aggregate_descriptors(self, descriptors: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Local aggregation of descriptors ``[B, H*W, C]`` on ``grid`` (none by default)."""
+        return descriptors
 
     def foreground_features(self, feats: EncoderFeatures) -> Tensor:
         """Features ``[B, H*W, C]`` whose first principal component separates object from background."""

@@ -112,11 +112,14 @@ class CNNEncoder(Encoder):
 
     def patch_descriptors(self, feats: EncoderFeatures) -> Tensor:
         """All taps concatenated after a 3x3 average pool on the grid."""
-        h, w = feats.grid
-        x = torch.cat(feats.layers, dim=-1)
-        b, n, c = x.shape
-        grid = x.transpose(1, 2).reshape(b, c, h, w)
-        pooled = F.avg_pool2d(grid, 3, stride=1, padding=1, count_include_pad=False)
+        return self.aggregate_descriptors(torch.cat(feats.layers, dim=-1), feats.grid)
+
+    def aggregate_descriptors(self, descriptors: Tensor, grid: tuple[int, int]) -> Tensor:
+        """3x3 average pool of the descriptors on the grid (PatchCore-style local aggregation)."""
+        h, w = grid
+        b, n, c = descriptors.shape
+        cells = descriptors.transpose(1, 2).reshape(b, c, h, w)
+        pooled = F.avg_pool2d(cells, 3, stride=1, padding=1, count_include_pad=False)
         return pooled.flatten(2).transpose(1, 2)
 
 

@@ -19,7 +19,19 @@ from ssfilter.models.encoders.base import IMAGENET_MEAN, IMAGENET_STD, Encoder, 
 from ssfilter.models.encoders.registry import ShapeTest, register_encoder
 from ssfilter.models.encoders.weights import download_hub_file, read_state, require_file
 
-__all__ = ["DINOV2_SPECS", "DinoV2Spec", "ViTEncoder", "load_vit_weights", "tiny_vit"]
+__all__ = [
+    "DINOV2_SPECS",
+    "VIT_DESCRIPTOR_L1",
+    "VIT_DESCRIPTOR_L2",
+    "DinoV2Spec",
+    "ViTEncoder",
+    "load_vit_weights",
+    "tiny_vit",
+]
+
+#: The paper's patch descriptor layers (Eq. 1, §4.1): ``L1 = {0, 3}``, ``L2 = {0, 3, 7}`` of the target list.
+VIT_DESCRIPTOR_L1 = (0, 3)
+VIT_DESCRIPTOR_L2 = (0, 3, 7)
 
 
 class ViTEncoder(Encoder):
@@ -136,8 +148,7 @@ class ViTEncoder(Encoder):
 
     def patch_descriptors(self, feats: EncoderFeatures) -> Tensor:
         """Eq. 1: concat(layer 0, layer 3, mean(layers 0, 3, 7)) of the target list, patch tokens."""
-        a, b, c = feats.patches(0), feats.patches(3), feats.patches(7)
-        return torch.cat([a, b, (a + b + c) / 3.0], dim=-1)
+        return self.layer_descriptors(feats, VIT_DESCRIPTOR_L1, VIT_DESCRIPTOR_L2)
 
 
 def load_vit_weights(model: nn.Module, path: Path) -> None:
