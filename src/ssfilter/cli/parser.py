@@ -9,7 +9,7 @@ from ssfilter.config import PRESETS
 from ssfilter.training.methods import list_methods
 from ssfilter.version import VERSION
 
-__all__ = ["METHODS", "build_parser"]
+__all__ = ["METHODS", "add_global_options", "build_parser"]
 
 METHODS = list_methods()
 
@@ -252,16 +252,41 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fully unsupervised anomaly detection on noisy image sets (SSFilter on Dinomaly-MLLA).",
     )
     parser.add_argument("--version", action="version", version=f"ssfilter {VERSION}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    parser.add_argument(
+    add_global_options(parser, default=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(sub)
+    for command in sub.choices.values():
+        add_global_options(command, default=argparse.SUPPRESS)
+    return parser
+
+
+def add_global_options(p: argparse.ArgumentParser, *, default: object) -> None:
+    """The options that apply to every command (``-q``, ``--max-image-pixels``).
+
+    Added to the top-level parser (``ssfilter -q train ...``) with real defaults, and to every command's
+    parser (``ssfilter train ... -q``, as users type them) with ``argparse.SUPPRESS`` defaults: a command's
+    parser then sets the value only when the option is given after the command, and never overwrites one
+    given before it.
+
+    Args:
+        p: Parser to add the options to.
+        default: ``False`` on the top-level parser (``None`` for the pixel limit), ``argparse.SUPPRESS`` on
+            command parsers.
+    """
+    g = p.add_argument_group("global options") if default is argparse.SUPPRESS else p
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="no progress bars, warnings only",
+    )
+    g.add_argument(
         "--max-image-pixels",
         type=non_negative_int,
-        default=None,
+        default=None if default is False else default,
         metavar="N",
         help="decompression-bomb limit per image in pixels (default: Pillow's, about 89 Mpx; 0: no limit); "
         "raise it for trusted very large images such as line-scan captures",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in _SUBCOMMANDS:
-        add(sub)
-    return parser
