@@ -113,13 +113,18 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """``ssfilter benchmark``: methods x noise levels on one data set."""
+    from ssfilter.data.noise_protocols import get_protocol
     from ssfilter.pipelines.benchmark import parse_methods, run_benchmark
 
     methods = parse_methods(args.methods)
-    try:
-        alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
-    except ValueError:
-        raise ValueError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
+    protocol = get_protocol(args.protocol)
+    if args.alphas is None:
+        alphas = list(protocol.default_alphas)
+    else:
+        try:
+            alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+        except ValueError:
+            raise ValueError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
     t0 = time.perf_counter()
     run_benchmark(
         args.data,
@@ -132,6 +137,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         resume=args.resume,
         overwrite=args.overwrite,
+        protocol=protocol.name,
     )
     print((args.out / "results.md").read_text(encoding="utf-8"))
     print(f"benchmark finished in {time.perf_counter() - t0:.0f}s; results in {args.out}")

@@ -133,7 +133,20 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     """Arguments of ``ssfilter benchmark``."""
     p = sub.add_parser("benchmark", help="methods x noise levels on one MVTec-layout folder (paper tables)")
     p.add_argument("--data", type=Path, required=True, help="MVTec-layout category")
-    p.add_argument("--alphas", default="0,0.1,0.2,0.4", help="noise levels, comma separated")
+    p.add_argument(
+        "--alphas",
+        default=None,
+        help="noise levels, comma separated (default: the protocol's, 0,0.1,0.2,0.4 for softpatch and 0.4 "
+        "for boundary)",
+    )
+    p.add_argument(
+        "--protocol",
+        default="softpatch",
+        metavar="NAME",
+        help="noise protocol: softpatch (default; inject int(alpha * n_train) test anomalies into training) "
+        "or boundary (the same, then the normal training images reduced to as many as were injected: "
+        "a 50%% noise rate, paper Table 10)",
+    )
     p.add_argument("--overlap", action="store_true", help="keep injected images in the test set")
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the injected selection")
     p.add_argument(

@@ -1,7 +1,8 @@
 """``ssfilter benchmark``: methods x noise levels on one data set, in one command (SPEC §7, §11).
 
-For every alpha the SoftPatch protocol builds one noisy training set and test set; every method is
-trained on it and evaluated with the same metrics. The methods come from the method registry
+For every alpha the noise protocol (:mod:`ssfilter.data.noise_protocols`: ``softpatch`` by default, or
+Table 10's ``boundary``, a training set half anomalous) builds one noisy training set and test set; every
+method is trained on it and evaluated with the same metrics. The methods come from the method registry
 (:mod:`ssfilter.pipelines.methods`: dinomaly, ssfilter and every registered baseline). ``X+filter``
 trains X on the images that a trained SSFilter kept when filtering that noisy training set (paper §3.6,
 Table 1 lower half); the SSFilter run and its filter decisions are shared by all ``+filter`` methods of an
@@ -28,6 +29,7 @@ from typing import Any
 
 from ssfilter.config import Config
 from ssfilter.data.datasets import Sample
+from ssfilter.data.noise import NoiseSplit
 from ssfilter.errors import RunExistsError
 from ssfilter.io import atomic_write_json, atomic_write_text
 from ssfilter.pipelines.methods import (
@@ -56,12 +58,13 @@ def run_benchmark(
     progress: bool = True,
     resume: bool = False,
     overwrite: bool = False,
+    protocol: str = "softpatch",
 ) -> dict[str, Any]:
     """Train and evaluate every method at every noise level; write results.json and results.md.
 
     Args:
         data: MVTec-layout category folder.
-        alphas: Noise levels of the SoftPatch protocol.
+        alphas: Noise levels of the noise protocol.
         methods: Method names (see :func:`~ssfilter.pipelines.methods.parse_methods`).
         cfg: Configuration shared by all methods.
         out: Output folder.
@@ -70,41 +73,52 @@ def run_benchmark(
         progress: Show progress bars.
         resume: Continue an interrupted benchmark in ``out`` (finished rows are kept, not recomputed).
         overwrite: Start over in an ``out`` that already holds a (finished or interrupted) benchmark.
+        protocol: Noise protocol name (see :func:`~ssfilter.data.noise_protocols.get_protocol`).
 
     Returns:
         The ``results.json`` payload.
 
     Raises:
         RunExistsError: ``out`` holds a benchmark and neither ``resume`` nor ``overwrite`` is set.
-        ValueError: Both ``resume`` and ``overwrite`` are set.
+        ValueError: Both ``resume`` and ``overwrite`` are set, or ``resume`` meets another protocol's results.
+        UnknownProtocolError: ``protocol`` is not registered.
     """
+    from ssfilter.data.noise_protocols import get_protocol
+
     methods = parse_methods(methods)
+    split = get_protocol(protocol).split
     out = Path(out)
-    rows, previous_seconds = _start(out, overlap, resume, overwrite)
+    rows, previous_seconds = _start(out, overlap, resume, overwrite, protocol)
     started = time.perf_counter()
 
     def elapsed() -> float:
         return round(previous_seconds + time.perf_counter() - started, 1)
 
     def save(row: dict[str, Any]) -> None:
-        rows.append(row)
-        atomic_write_json(out / "results.json", {"rows": rows, "seconds": elapsed()})
+        rows.append({**row, "protocol": protocol})
+        atomic_write_json(out / "results.json", {"rows": rows, "seconds": elapsed(), "protocol": protocol})
 
     for alpha in alphas:
         todo = [m for m in methods if not any(r["method"] == m and r["alpha"] == alpha for r in rows)]
         if todo:
-            _run_alpha(data, alpha, todo, cfg, out, overlap, noise_seed, progress, resume, save)
-    payload = {"rows": rows, "seconds": elapsed(), "data": str(data)}
+            noisy = split(data, alpha, overlap=overlap, seed=noise_seed)
+            _run_alpha(noisy, alpha, todo, cfg, out, overlap, progress, resume, save)
+    payload = {"rows": rows, "seconds": elapsed(), "data": str(data), "protocol": protocol}
     atomic_write_json(out / "results.json", payload)
     atomic_write_text(out / "results.md", results_markdown(rows))
     from ssfilter.reporting.benchmark_page import write_benchmark_report
 
-    write_benchmark_report(out, rows, subtitle=f"data: {data}; overlap: {overlap}")
+    write_benchmark_report(out, rows, subtitle=f"data: {data}; protocol: {protocol}; overlap: {overlap}")
     return payload
 
 
-def _start(out: Path, overlap: bool, resume: bool, overwrite: bool) -> tuple[list[dict[str, Any]], float]:
-    """Check ``out`` and return the finished rows (of this ``overlap``) and seconds to continue from."""
+def _start(
+    out: Path, overlap: bool, resume: bool, overwrite: bool, protocol: str = "softpatch"
+) -> tuple[list[dict[str, Any]], float]:
+    """Check ``out`` and return the finished rows (of this ``overlap``) and seconds to continue from.
+
+    A benchmark made with another noise protocol is not resumed: its alpha folders hold other splits.
+    """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     existing = [p.name for p in sorted(out.glob("alpha_*"))]
@@ -117,32 +131,39 @@ def _start(out: Path, overlap: bool, resume: bool, overwrite: bool) -> tuple[lis
         )
     if resume and (out / "results.json").is_file():
         done = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        earlier = done.get("protocol", "softpatch")  # benchmarks before --protocol were all softpatch
+        if earlier != protocol:
+            raise ValueError(
+                f"{out} holds a benchmark of the {earlier!r} noise protocol; resume it with --protocol "
+                f"{earlier} or start the {protocol!r} one in another folder (or --overwrite)"
+            )
         rows = [r for r in done.get("rows", []) if r.get("overlap") == overlap]
         return rows, float(done.get("seconds", 0.0))
     return [], 0.0
 
 
 def _run_alpha(
-    data: str | Path,
+    noisy: tuple[list[Sample], list[Sample], NoiseSplit],
     alpha: float,
     todo: Sequence[str],
     cfg: Config,
     out: Path,
     overlap: bool,
-    noise_seed: int,
     progress: bool,
     resume: bool,
     save: Callable[[dict[str, Any]], None],
 ) -> None:
     """Run the unfinished methods ``todo`` at noise level ``alpha``; ``save`` each row as it finishes.
 
+    ``noisy`` is the protocol's ``(train, test, split)`` of this alpha.
+
     The shared SSFilter run is trained first when a method needs it or a ``+filter`` method runs, then
     the dataset-level filter when a ``+filter`` method runs, then every method in order.
     """
-    from ssfilter.data.noise import contamination, softpatch_split
+    from ssfilter.data.noise import contamination
 
     registry = method_registry()
-    train, test, split = softpatch_split(data, alpha, overlap=overlap, seed=noise_seed)
+    train, test, split = noisy
     folder = out / f"alpha_{alpha:g}"
     split.save(folder / NOISE_SPLIT_FILE)
     train, test = _readable(train, test, folder)
