@@ -288,10 +288,8 @@ _SECTION_TYPES: dict[str, type] = {
 LEGACY_FILTER_KEYS: dict[str, str] = {
     **{k: f"batch_filter.{k}" for k in (f.name for f in fields(BatchFilterConfig))},
     "restoring": "restoration.enabled",
-    **{
-        k: f"restoration.{k}"
-        for k in ("material_max_ratio", "material_percentile", "materials_min", "materials_max")
-    },
+    # every restoration key but ``enabled`` (``restoring`` above); keys added since version 1 are accepted too
+    **{k: f"restoration.{k}" for k in (f.name for f in fields(RestorationConfig)) if k != "enabled"},
     "epochs": "dataset_filter.epochs",
     "min_keep": "dataset_filter.min_keep",
 }
