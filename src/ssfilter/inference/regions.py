@@ -87,13 +87,17 @@ def find_regions(norm_map: np.ndarray) -> list[Region]:
     values = np.asarray(norm_map, dtype=np.float32)
     if values.ndim != 2 or values.size == 0:
         raise ValueError(f"expected a non-empty 2-D map, got shape {values.shape}")
-    labels, count = ndimage.label(defect_mask(values), structure=_STRUCTURE)
+    mask = defect_mask(values)
+    labels, count = ndimage.label(mask, structure=_STRUCTURE)
     if count == 0:
         return []
-    flat = labels.ravel()
-    areas = np.bincount(flat, minlength=count + 1)[1:]
-    sums = np.bincount(flat, weights=values.ravel().astype(np.float64), minlength=count + 1)[1:]
-    peaks = ndimage.maximum(values, labels, index=np.arange(1, count + 1))
+    # statistics over the defective pixels only, grouped by label (ndimage.maximum is much slower)
+    ids = labels[mask] - 1
+    inside = values[mask]
+    areas = np.bincount(ids, minlength=count)
+    sums = np.bincount(ids, weights=inside.astype(np.float64), minlength=count)
+    starts = np.concatenate(([0], np.cumsum(areas)[:-1]))
+    peaks = np.maximum.reduceat(inside[np.argsort(ids, kind="stable")], starts)
     total = float(values.size)
     regions = [
         Region(

@@ -82,6 +82,24 @@ def test_regions_sorted_largest_first_and_empty_or_bad_maps() -> None:
             find_regions(bad)
 
 
+def test_region_statistics_match_a_direct_computation_on_a_noisy_map() -> None:
+    from scipy import ndimage
+
+    values = (np.random.default_rng(7).random((40, 50)) * 0.7).astype(np.float32)  # 29% defective
+    labels, count = ndimage.label(values >= 0.5, structure=np.ones((3, 3)))
+    expected = set()
+    for k in range(1, count + 1):
+        ys, xs = np.nonzero(labels == k)
+        inside = values[ys, xs]
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        expected.add((*box, len(ys), float(inside.max()), round(float(inside.mean()), 6)))
+    regions = find_regions(values)
+    assert len(regions) == count > 20
+    got = {(r.x0, r.y0, r.x1, r.y1, r.area, r.peak_score, round(r.mean_score, 6)) for r in regions}
+    assert got == expected
+    assert [r.area for r in regions] == sorted((r.area for r in regions), reverse=True)
+
+
 def _predict(raw_map: np.ndarray, score: float, size: tuple[int, int], resize: int, crop: int) -> Prediction:
     (pred,) = decide(IDENTITY, ["x.png"], [size], np.array([score]), raw_map[None], resize=resize, crop=crop)
     return pred
