@@ -32,6 +32,7 @@ from ssfilter.data.synthetic import make_synthetic_category
 from ssfilter.filtering.dataset_filter import filter_dataset
 from ssfilter.filtering.filter_outputs import FilterRecords
 from ssfilter.models.dinomaly import DinomalyModel
+from ssfilter.schedule import resolve_schedule
 
 __all__ = ["run"]
 
@@ -155,7 +156,7 @@ def _warm_up(model: DinomalyModel, cfg: Config, ctx: Context) -> None:
     images = torch.randn(b, 3, crop, crop, generator=torch.Generator().manual_seed(0)).to(ctx.device)
     with torch.no_grad():
         batch_filter_module.BatchFilter(cfg.batch_filter, cfg.restoration, 1).select(
-            cfg.batch_filter.cold_start_iters, model, model.encode(images)
+            resolve_schedule(cfg).batch_filter.cold_start_iters, model, model.encode(images)
         )
 
 

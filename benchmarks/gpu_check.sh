@@ -40,7 +40,7 @@ if [ "$SMOKE" = "1" ]; then
     N_TRAIN=4; SIZE=64
     ITERS="${ITERS:-2}"
     TRAIN_SET=(--batch-size 4 --set data.resize=64 --set data.crop=56 --set filter.mc_passes=2
-               --set filter.cold_start_iters=1 --set train.warmup_iters=1 --set train.checkpoint_every=2)
+               --set batch_filter.cold_start_iters=1 --set train.warmup_iters=1 --set train.checkpoint_every=2)
     FPS_ARGS=(--device cpu --batch 2 --warmup 0 --iters 1 --set data.resize=64 --set data.crop=56)
 else
     if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -50,7 +50,7 @@ else
     DEVICE=cuda
     N_TRAIN=64; SIZE=448
     ITERS="${ITERS:-300}"
-    TRAIN_SET=(--batch-size 32 --set filter.cold_start_iters=100 --set train.checkpoint_every=100)
+    TRAIN_SET=(--batch-size 32 --set batch_filter.cold_start_iters=100 --set train.checkpoint_every=100)
     FPS_ARGS=(--device cuda --batch 16 --warmup 5 --iters 50)
 fi
 

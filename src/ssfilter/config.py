@@ -99,11 +99,14 @@ class TrainConfig:
         iters: Training iterations (paper: 1000 for MVTec-size data).
         lr: Peak learning rate (paper: 2e-3).
         final_lr: Learning rate at the last iteration of the cosine decay (paper: 2e-4).
-        warmup_iters: Linear warm-up length (paper: 100).
+        warmup_iters: Linear warm-up length in iterations; ``None``: ``warmup_fraction`` of ``iters``.
+        warmup_fraction: Warm-up length as a share of training (paper: 0.1, i.e. 100 of 1000 iterations).
         weight_decay: StableAdamW decoupled weight decay (paper: 1e-4).
         grad_clip: Gradient-norm clipping (paper: 0.1).
         hard_mining_max: Final hard-mining ratio p of the loss (paper: 0.9).
-        hard_mining_ramp: Iterations over which p ramps linearly from 0 (paper: 1000).
+        hard_mining_ramp: Iterations over which p ramps linearly from 0; ``None``:
+            ``hard_mining_ramp_fraction`` of ``iters``.
+        hard_mining_ramp_fraction: Ramp length as a share of training (paper: 1.0, 1000 of 1000).
         hard_mining_factor: Gradient factor of the easy positions (paper: 0.1).
         seed: Random seed for everything.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -116,11 +119,13 @@ class TrainConfig:
     iters: int = 1000
     lr: float = 2e-3
     final_lr: float = 2e-4
-    warmup_iters: int = 100
+    warmup_iters: int | None = None
+    warmup_fraction: float = 0.1
     weight_decay: float = 1e-4
     grad_clip: float = 0.1
     hard_mining_max: float = 0.9
-    hard_mining_ramp: int = 1000
+    hard_mining_ramp: int | None = None
+    hard_mining_ramp_fraction: float = 1.0
     hard_mining_factor: float = 0.1
     seed: int = 1
     device: str = "auto"
@@ -137,7 +142,9 @@ class BatchFilterConfig:
         patch_scoring: Use patch comparison scores A (Table 4 "PScoring").
         uncertainty: Use MC-dropout uncertainty U (Table 4 "UScoring").
         urecall: Recall upper-half samples with low uncertainty (Table 4 "URecall", Eq. 7 term 2).
-        cold_start_iters: Iterations ranked by A alone (paper: 1000).
+        cold_start_iters: Iterations ranked by A alone; ``None``: ``cold_start_fraction`` of ``train.iters``.
+        cold_start_fraction: Cold start as a share of training (paper: 1.0, its 1000 of 1000 iterations
+            on MVTec AD: the regular phase of Eq. 9 starts only in longer runs).
         mc_passes: Dropout passes K for uncertainty (paper: 10).
         tau: Material-candidate threshold in units of sigma_1 (paper: 8).
         patch_topk_ratio: Share of other patches averaged per patch score (paper: 0.001).
@@ -154,7 +161,8 @@ class BatchFilterConfig:
     patch_scoring: bool = True
     uncertainty: bool = True
     urecall: bool = True
-    cold_start_iters: int = 1000
+    cold_start_iters: int | None = None
+    cold_start_fraction: float = 1.0
     mc_passes: int = 10
     tau: float = 8.0
     patch_topk_ratio: float = 0.001
@@ -349,10 +357,8 @@ def _preset_cpu_fast() -> Config:
     cfg.model.decoder_dim = 128
     cfg.model.decoder_heads = 4
     cfg.train.iters = 300
-    cfg.train.warmup_iters = 30
-    cfg.train.hard_mining_ramp = 300
     cfg.train.checkpoint_every = 50
-    cfg.batch_filter.cold_start_iters = 150
+    cfg.batch_filter.cold_start_fraction = 0.5
     cfg.batch_filter.mc_passes = 3
     return cfg
 
@@ -443,12 +449,18 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
             known = sorted(f.name for f in fields(obj))
             raise ValueError(f"unknown config key {dotted!r}; known in {section!r}: {known}")
         current = getattr(obj, key)
-        if isinstance(value, str) and current is not None and not isinstance(current, str):
+        optional = "None" in str({f.name: f.type for f in fields(obj)}[key])
+        if isinstance(value, str) and value.strip().lower() in _NULLS and optional:
+            value = None  # e.g. --set batch_filter.cold_start_iters=null: back to the fraction of training
+        elif isinstance(value, str) and current is not None and not isinstance(current, str):
             value = _coerce(value, current)
         elif isinstance(value, str) and current is None:
             value = _coerce(value, None)
         setattr(obj, key, value)
     return cfg
+
+
+_NULLS = {"null", "none", "~"}
 
 
 def _split(item: str) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from ssfilter.data.datasets import discover
 from ssfilter.inference.calibration import Calibration
 from ssfilter.inference.outputs import RECORD_FIELDS
 from ssfilter.inference.predictor import Predictor
-from ssfilter.inference.visualize import crop_box
+from ssfilter.inference.visualize import BOX_COLOR, crop_box
 from ssfilter.runfolder import CALIBRATION_FILE
 
 
@@ -117,6 +117,20 @@ def test_predict_cli_writes_everything(run: Path, inputs: dict[str, Path], tmp_p
         assert (int(row["width"]), int(row["height"])) == original.size
         assert overlay.mode == "RGB" and mask.mode == "L"
         assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        # regions: the CSV summarises the JSON list; NG regions are the mask's blobs, boxed on the overlay
+        regions = rec["regions"]
+        assert int(row["n_regions"]) == rec["n_regions"] == len(regions)
+        largest = max((r["area"] for r in regions), default=0)
+        assert int(row["largest_region_area"]) == rec["largest_region_area"] == largest
+        if row["label"] == "OK":
+            assert regions == []
+        else:
+            assert sum(r["area"] for r in regions) == int(np.count_nonzero(np.asarray(mask)))
+        for r in regions:
+            assert 0 <= r["x0"] < r["x1"] <= original.width and 0 <= r["y0"] < r["y1"] <= original.height
+            assert tuple(np.asarray(overlay)[r["y0"], r["x0"]]) == BOX_COLOR
+    printed = capsys.readouterr().out
+    assert f"{sum(r['n_regions'] for r in payload['images'])} defect region(s)" in printed
     names = sorted(p.name for p in out.glob("*.png"))
     assert names == sorted(
         ["a_part_overlay.png", "a_part_mask.png", "b_part_overlay.png", "b_part_mask.png"]
@@ -174,6 +188,11 @@ def test_fixed_heat_map_scale_and_masks(run: Path, inputs: dict[str, Path]) -> N
     left, top, right, bottom = crop_box(97, 45, 80, 64)
     assert full.shape == (45, 97)
     assert np.all(full[top:bottom, left:right] >= 0.5)
+    # ... and that crop is its one defect region, in the original image's pixels
+    assert preds[0].label == "NG"
+    assert [(r.x0, r.y0, r.x1, r.y1, r.area) for r in preds[0].regions] == [
+        (left, top, right, bottom, (right - left) * (bottom - top))
+    ]
     outside = np.ones_like(full, dtype=bool)
     outside[top:bottom, left:right] = False
     assert outside.any() and np.all(full[outside] == 0.0)

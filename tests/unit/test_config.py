@@ -79,7 +79,7 @@ def test_version1_file_naming_a_preset_overrides_only_its_keys(tmp_path: Path) -
     assert cfg.batch_filter.mc_passes == 6 and cfg.restoration.enabled is False
     assert cfg.dataset_filter.epochs == 11
     # everything else is the preset's
-    assert cfg.batch_filter.cold_start_iters == base.batch_filter.cold_start_iters == 150
+    assert cfg.batch_filter.cold_start_fraction == base.batch_filter.cold_start_fraction == 0.5
     assert cfg.dataset_filter.min_keep == base.dataset_filter.min_keep
 
 
@@ -123,3 +123,60 @@ def test_shortcuts_map_short_names_and_drop_missing_values() -> None:
     cfg = apply_overrides(get_preset("cpu-fast"), out)
     assert (cfg.train.iters, cfg.train.seed, cfg.train.lr) == (5, 3, 0.01)
     assert cfg.data.batch_size == get_preset("cpu-fast").data.batch_size
+
+
+def test_schedule_fractions_follow_iters_and_keep_the_paper_numbers() -> None:
+    from ssfilter.schedule import resolve_schedule
+
+    paper = resolve_schedule(get_preset("paper-448-392"))
+    # the paper's 100 / 1000 / 1000 iterations at its 1000 iterations
+    assert (paper.train.warmup_iters, paper.train.hard_mining_ramp) == (100, 1000)
+    assert paper.batch_filter.cold_start_iters == 1000
+    cfg = get_preset("cpu-fast")
+    fast = resolve_schedule(cfg)
+    assert (fast.train.warmup_iters, fast.train.hard_mining_ramp, fast.batch_filter.cold_start_iters) == (
+        30,
+        300,
+        150,
+    )
+    cfg.train.iters = 500
+    longer = resolve_schedule(cfg)
+    assert (longer.train.warmup_iters, longer.train.hard_mining_ramp) == (50, 500)
+    assert longer.batch_filter.cold_start_iters == 250
+    # an explicit iteration count wins over the fraction, and the given config is left as it was
+    apply_overrides(cfg, ["train.warmup_iters=7", "batch_filter.cold_start_iters=11"])
+    fixed = resolve_schedule(cfg)
+    assert (fixed.train.warmup_iters, fixed.batch_filter.cold_start_iters) == (7, 11)
+    assert cfg.train.hard_mining_ramp is None and fixed.train.hard_mining_ramp == 500
+    apply_overrides(cfg, ["batch_filter.cold_start_iters=null"])
+    assert resolve_schedule(cfg).batch_filter.cold_start_iters == 250
+
+
+def test_schedule_notes_warn_about_phases_that_are_never_reached() -> None:
+    from ssfilter.schedule import schedule_notes
+
+    cfg = get_preset("cpu-fast")
+    summary, notes = schedule_notes(cfg)
+    assert notes == []
+    assert "cold start (A alone) 0-150" in summary and "regular phase (A and U) 150-300" in summary
+    paper = get_preset("paper-448-392")
+    _, notes = schedule_notes(paper)
+    assert len(notes) == 1 and "regular phase" in notes[0] and "never reached" in notes[0]
+    paper.batch_filter.uncertainty = False  # no uncertainty: the regular phase adds nothing, no warning
+    assert schedule_notes(paper)[1] == []
+    cfg.train.hard_mining_ramp, cfg.train.warmup_iters = 600, 300
+    _, notes = schedule_notes(cfg)
+    assert any("reaches only 0.45 of 0.9" in n for n in notes)
+    assert any("warm-up" in n for n in notes)
+    cfg.train.method = "dinomaly"
+    assert not any("regular phase" in n for n in schedule_notes(cfg)[1])
+
+
+def test_schedule_length_rules() -> None:
+    from ssfilter.schedule import schedule_length
+
+    assert schedule_length(None, 0.25, 10) == 2  # round half to even, as Python's round
+    assert schedule_length(None, 0.0, 10, minimum=1) == 1
+    assert schedule_length(5, 0.9, 10) == 5
+    with pytest.raises(ValueError, match=">= 0"):
+        schedule_length(None, -0.1, 10)

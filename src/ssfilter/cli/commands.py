@@ -160,7 +160,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     print(
         f"{len(report.records)} image(s): {report.n_ng} NG, {len(report.records) - report.n_ng} OK "
-        f"(raw threshold {report.calibration.image_threshold:.6g}); {len(report.skipped)} skipped; "
+        f"(raw threshold {report.calibration.image_threshold:.6g}); {report.n_regions} defect region(s) "
+        f"in the NG images; {len(report.skipped)} skipped; "
         f"results in {args.out}"
     )
     if not report.records:

@@ -26,6 +26,7 @@ from ssfilter.filtering.synthesis_registry import SynthesisRequest, get_synthesi
 from ssfilter.filtering.uncertainty import Uncertainty, mc_uncertainty
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.encoders import EncoderFeatures
+from ssfilter.schedule import schedule_length
 
 __all__ = ["BatchFilter", "BatchSelection", "Synthesis"]
 
@@ -84,6 +85,7 @@ class BatchFilter:
             raise ValueError("the in-batch filter needs patch scoring, uncertainty scoring or both")
         self.cfg = cfg
         self.restoration = restoration
+        self.cold_start_iters = schedule_length(cfg.cold_start_iters, cfg.cold_start_fraction, total_iters)
         self.total_iters = total_iters
         self.bank = MaterialBank(bank_capacity)
         self.generator = torch.Generator().manual_seed(seed)
@@ -126,7 +128,7 @@ class BatchFilter:
         if b < 2:
             # Small-batch guard: comparison needs other images; a single image is simply kept.
             decision = synergy_select(
-                torch.zeros(b), torch.zeros(b), iteration=iteration, cold_start_iters=cfg.cold_start_iters
+                torch.zeros(b), torch.zeros(b), iteration=iteration, cold_start_iters=self.cold_start_iters
             )
             return BatchSelection(decision, a, unc)
         u = unc.uncertainty.cpu() if unc is not None else None
@@ -134,7 +136,7 @@ class BatchFilter:
             a.cpu() if a is not None else None,
             u,
             iteration=iteration,
-            cold_start_iters=cfg.cold_start_iters,
+            cold_start_iters=self.cold_start_iters,
             tau=cfg.tau,
             keep_ratio=cfg.keep_ratio,
             use_patch_scoring=cfg.patch_scoring,

@@ -50,6 +50,7 @@ from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.feature_cache import FeatureCache
 from ssfilter.runtime import distributed
 from ssfilter.runtime.seeding import seed_torch
+from ssfilter.schedule import resolve_schedule
 
 __all__ = [
     "BatchVotes",
@@ -221,7 +222,7 @@ class DatasetFilter:
     def __init__(
         self, cfg: Config, *, epochs: int | None = None, min_keep: int | None = None, seed: int | None = None
     ) -> None:
-        self.cfg = cfg
+        self.cfg = resolve_schedule(cfg)  # the cold start in iterations (the phase it filters in)
         self.epochs = cfg.dataset_filter.epochs if epochs is None else int(epochs)
         self.min_keep = cfg.dataset_filter.min_keep if min_keep is None else int(min_keep)
         self.seed = cfg.train.seed if seed is None else int(seed)

@@ -8,8 +8,9 @@ One job per module, importing only from the layers below (never :mod:`ssfilter.a
 * :mod:`~ssfilter.inference.predictor`: the model on image files (maps, scores, decisions);
   :mod:`~ssfilter.inference.inputs`: files, folders and globs to image files;
   :mod:`~ssfilter.inference.outputs`: the ``predict`` output folder;
-  :mod:`~ssfilter.inference.prediction` and :mod:`~ssfilter.inference.visualize`: one image's result
-  and its heat-map and mask (torch-free);
+  :mod:`~ssfilter.inference.prediction`, :mod:`~ssfilter.inference.regions` and
+  :mod:`~ssfilter.inference.visualize`: one image's result (its JSON record), its defect regions and
+  its heat-map and mask (torch-free);
 * :mod:`~ssfilter.inference.export`: ONNX export, with :mod:`~ssfilter.inference.graph` (the exported
   computation) and :mod:`~ssfilter.inference.parity` (the ONNX Runtime vs PyTorch gate);
   :mod:`~ssfilter.inference.onnx_predictor`: running an export without torch.

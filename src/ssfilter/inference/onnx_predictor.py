@@ -234,7 +234,7 @@ class OnnxPredictor:
                 arrays.append(self.preprocess(image))
             if arrays:
                 scores, maps = self.run(np.stack(arrays))
-                results.extend(decide(cal, names, sizes, scores, maps))
+                results.extend(decide(cal, names, sizes, scores, maps, resize=self.resize, crop=self.crop))
         return results, skipped
 
 

@@ -1,11 +1,14 @@
 """What ``ssfilter predict`` writes into its output folder, each file atomically.
 
 * ``predictions.csv`` / ``predictions.json``: per image ``path, raw_score, score`` (normalised, 0.5 =
-  threshold), ``label`` (OK/NG), ``threshold`` (raw), the overlay and mask file names and the original
-  ``width, height`` (the JSON also holds the calibration used);
-* ``<name>_overlay.png``: the heat-map over the original image and ``<name>_mask.png``: the binary defect
-  mask (0/255), both at the image's original size; ``<name>`` is the file stem, prefixed with its parent
-  folder (and a counter if needed) when two inputs share a stem (:func:`output_names`);
+  threshold), ``label`` (OK/NG), ``threshold`` (raw), the overlay and mask file names, the original
+  ``width, height``, ``n_regions`` and ``largest_region_area`` (pixels); the JSON also holds each
+  image's ``regions`` (box, area, scores: :meth:`~ssfilter.inference.prediction.Prediction.to_record`)
+  and the calibration used;
+* ``<name>_overlay.png``: the heat-map over the original image with a box around each defect region,
+  and ``<name>_mask.png``: the binary defect mask (0/255), both at the image's original size; ``<name>``
+  is the file stem, prefixed with its parent folder (and a counter if needed) when two inputs share a
+  stem (:func:`output_names`);
 * ``skipped.csv``: inputs that could not be read, and why.
 
 :class:`PredictionWriter` writes them from :class:`~ssfilter.inference.prediction.Prediction` objects;
@@ -26,7 +29,7 @@ from PIL import Image
 
 from ssfilter.data.images import Skipped, write_skipped_csv
 from ssfilter.inference.calibration import Calibration
-from ssfilter.inference.prediction import Prediction
+from ssfilter.inference.prediction import RECORD_FIELDS, Prediction
 from ssfilter.inference.visualize import mask_image, overlay_image
 from ssfilter.io import atomic_path, atomic_write_json, atomic_write_text
 from ssfilter.runfolder import SKIPPED_FILE
@@ -42,8 +45,6 @@ __all__ = [
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
-#: Columns of ``predictions.csv`` (and keys of each ``images`` entry of ``predictions.json``).
-RECORD_FIELDS = ("path", "raw_score", "score", "label", "threshold", "overlay", "mask", "width", "height")
 _UNSAFE_NAME = re.compile(r"[^\w.-]+")
 
 
@@ -52,7 +53,8 @@ class PredictionReport:
     """What a prediction into a folder wrote.
 
     Attributes:
-        records: One dict per predicted image (the ``predictions.csv`` row, see :data:`RECORD_FIELDS`).
+        records: One dict per predicted image (:meth:`Prediction.to_record`: the ``predictions.csv`` row,
+            see :data:`RECORD_FIELDS`, plus ``regions``).
         skipped: Inputs that could not be read.
         out: The output folder.
         calibration: The calibration used (threshold override applied).
@@ -67,6 +69,11 @@ class PredictionReport:
     def n_ng(self) -> int:
         """Number of images labelled NG."""
         return sum(r["label"] == "NG" for r in self.records)
+
+    @property
+    def n_regions(self) -> int:
+        """Number of defect regions over all images."""
+        return sum(r["n_regions"] for r in self.records)
 
 
 def output_names(paths: Sequence[str | Path]) -> list[str]:
@@ -119,7 +126,7 @@ class PredictionWriter:
         self.records: list[dict[str, Any]] = []
 
     def add(self, pred: Prediction, image: Image.Image) -> None:
-        """Write one image's overlay and mask and keep its ``predictions.csv`` row.
+        """Write one image's overlay (with its region boxes) and mask and keep its record.
 
         Args:
             pred: The prediction (its ``path`` must be one of the writer's ``paths``).
@@ -128,21 +135,9 @@ class PredictionWriter:
         full = pred.original_map(self.resize, self.crop)
         name = self._names[pred.path]
         overlay_file, mask_file = f"{name}_overlay.png", f"{name}_mask.png"
-        save_png(overlay_image(image, full), self.folder / overlay_file)
+        save_png(overlay_image(image, full, regions=pred.regions), self.folder / overlay_file)
         save_png(mask_image(full), self.folder / mask_file)
-        self.records.append(
-            {
-                "path": pred.path,
-                "raw_score": pred.raw_score,
-                "score": pred.score,
-                "label": pred.label,
-                "threshold": pred.threshold,
-                "overlay": overlay_file,
-                "mask": mask_file,
-                "width": pred.width,
-                "height": pred.height,
-            }
-        )
+        self.records.append(pred.to_record(overlay=overlay_file, mask=mask_file))
 
     def finish(
         self, calibration: Calibration, skipped: list[Skipped], run_dir: Path | None = None
@@ -187,12 +182,13 @@ def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> None:
     """Write prediction records as CSV (floats at full round-trip precision), atomically.
 
     Args:
-        records: Rows with the keys of :data:`RECORD_FIELDS`.
+        records: Records with the keys of :data:`RECORD_FIELDS` (other keys, e.g. the nested
+            ``regions``, are left out: the CSV stays flat).
         path: The CSV file to write.
     """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(RECORD_FIELDS), lineterminator="\n")
     writer.writeheader()
     for rec in records:
-        writer.writerow(rec)
+        writer.writerow({key: rec[key] for key in RECORD_FIELDS})
     atomic_write_text(path, buffer.getvalue())

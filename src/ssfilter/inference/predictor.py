@@ -194,7 +194,10 @@ class Predictor:
             paths, batch_size=batch_size, skipped=skipped, progress=progress
         ):
             sizes = [image.size for image in images]
-            yield from zip(decide(cal, names, sizes, scores, maps), images, strict=True)
+            preds = decide(
+                cal, names, sizes, scores, maps, resize=self.cfg.data.resize, crop=self.cfg.data.crop
+            )
+            yield from zip(preds, images, strict=True)
 
     def predict(
         self, inputs: Iterable[str | Path], batch_size: int | None = None, progress: bool = False

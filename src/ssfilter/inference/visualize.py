@@ -8,15 +8,29 @@ original image that the crop saw; pixels outside it (cut off by the crop) get 0 
 come from a fixed colormap (:func:`colorize`) applied to *normalised* maps
 (:meth:`ssfilter.inference.calibration.Calibration.normalize_maps`), so the same colour means the same
 raw anomaly value in every image of a run; cool colours are below the pixel threshold (0.5), warm ones
-above it.
+above it. Overlays also outline each defect region (:mod:`ssfilter.inference.regions`) with a box in
+:data:`BOX_COLOR`.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
+from collections.abc import Sequence
 
-__all__ = ["COLORMAP_ANCHORS", "colorize", "crop_box", "map_to_original", "mask_image", "overlay_image"]
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ssfilter.inference.regions import Region, defect_mask
+
+__all__ = [
+    "BOX_COLOR",
+    "COLORMAP_ANCHORS",
+    "box_width",
+    "colorize",
+    "crop_box",
+    "map_to_original",
+    "mask_image",
+    "overlay_image",
+]
 
 #: ``(value, (r, g, b))`` anchors of the heat-map colormap, linearly interpolated: dark blue (normal)
 #: through light blue, a switch to yellow at the threshold (0.5), then orange and red.
@@ -28,6 +42,9 @@ COLORMAP_ANCHORS: tuple[tuple[float, tuple[int, int, int]], ...] = (
     (0.8, (245, 120, 25)),
     (1.0, (200, 15, 15)),
 )
+
+#: Outline colour of the region boxes on overlays: pure green, a hue the heat-map never uses.
+BOX_COLOR: tuple[int, int, int] = (0, 255, 0)
 
 
 def crop_box(width: int, height: int, resize: int, crop: int) -> tuple[int, int, int, int]:
@@ -102,15 +119,31 @@ def colorize(values: np.ndarray) -> np.ndarray:
     return np.rint(np.stack(channels, axis=-1)).astype(np.uint8)
 
 
-def overlay_image(image: Image.Image, norm_map: np.ndarray, strength: float = 0.6) -> Image.Image:
-    """Blend the coloured map over the image; hotter pixels are drawn more opaquely.
+def box_width(width: int, height: int) -> int:
+    """Line width in pixels of the region boxes on a ``width x height`` overlay (1 px per 300 px of side).
+
+    Args:
+        width: Image width.
+        height: Image height.
+    """
+    return max(1, round(max(width, height) / 300))
+
+
+def overlay_image(
+    image: Image.Image, norm_map: np.ndarray, strength: float = 0.6, regions: Sequence[Region] = ()
+) -> Image.Image:
+    """Blend the coloured map over the image (hotter pixels more opaquely) and outline the regions.
 
     The opacity is ``strength * (0.4 + 0.6 * v)``, so normal areas stay readable under a light tint.
+    Each region's bounding box is drawn in :data:`BOX_COLOR`, :func:`box_width` pixels wide, inside the
+    box (its outermost pixels are the box's first and last rows and columns).
 
     Args:
         image: The original RGB image.
         norm_map: ``[height, width]`` normalised map (see :func:`map_to_original`).
         strength: Opacity of the hottest pixels, in [0, 1].
+        regions: Defect regions to outline, in the image's pixels (see
+            :func:`ssfilter.inference.regions.find_regions`).
     """
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     v = np.clip(np.nan_to_num(np.asarray(norm_map, dtype=np.float32), nan=1.0), 0.0, 1.0)
@@ -118,14 +151,21 @@ def overlay_image(image: Image.Image, norm_map: np.ndarray, strength: float = 0.
         raise ValueError(f"map shape {v.shape} does not match the image {base.shape[:2]}")
     alpha = (strength * (0.4 + 0.6 * v))[..., None]
     blended = (1.0 - alpha) * base + alpha * colorize(v).astype(np.float32)
-    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+    out = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+    if regions:
+        draw = ImageDraw.Draw(out)
+        line = box_width(out.width, out.height)
+        for r in regions:
+            draw.rectangle((r.x0, r.y0, r.x1 - 1, r.y1 - 1), outline=BOX_COLOR, width=line)
+    return out
 
 
 def mask_image(norm_map: np.ndarray) -> Image.Image:
-    """Binary defect mask (255 where the normalised map is ``>= 0.5``, else 0) as an 8-bit image.
+    """Binary defect mask as an 8-bit image: 255 where the normalised map is ``>= 0.5``, else 0.
+
+    The rule is :func:`ssfilter.inference.regions.defect_mask`, the one the defect regions use.
 
     Args:
         norm_map: ``[height, width]`` normalised map.
     """
-    v = np.asarray(norm_map, dtype=np.float32)
-    return Image.fromarray(np.where(v >= 0.5, 255, 0).astype(np.uint8))
+    return Image.fromarray(np.where(defect_mask(norm_map), 255, 0).astype(np.uint8))

@@ -40,6 +40,7 @@ from ssfilter.runfolder import LOG_FILE, MODEL_FILE, STATE_FILE
 from ssfilter.runtime import distributed
 from ssfilter.runtime.device import enable_tf32, resolve_device
 from ssfilter.runtime.seeding import seed_everything, seed_torch
+from ssfilter.schedule import resolve_schedule, schedule_notes
 from ssfilter.training.checkpoint import (
     build_model,
     load_train_state,
@@ -139,7 +140,8 @@ class Trainer:
         on_iteration: Callable[[int, dict[str, Any]], None] | None = None,
         cache_bytes: int = 4 << 30,
     ) -> None:
-        self.cfg = cfg
+        self.given_cfg = cfg  # saved in the run folder as given (schedule fractions kept)
+        self.cfg = resolve_schedule(cfg)  # what training runs with: schedule lengths in iterations
         self.samples = list(samples)
         self.run_dir = Path(run_dir)
         self.progress = progress
@@ -163,6 +165,11 @@ class Trainer:
         method_cls = get_method(self.cfg.train.method)
         self.device = distributed.init_distributed(self.device)
         run = self._setup(method_cls)
+        if run.main:
+            summary, notes = schedule_notes(self.given_cfg)
+            log.info("%s", summary)
+            for note in notes:
+                warnings.warn(note, stacklevel=2)
         start = self._start(run, resume)
         self._attach(run)
         end = self.cfg.train.iters
@@ -215,7 +222,7 @@ class Trainer:
         elif resume and run.main:
             warnings.warn(f"--resume: no {STATE_FILE} in {self.run_dir}; starting from scratch", stacklevel=3)
         if run.main:
-            write_run_config(self.run_dir, self.cfg)
+            write_run_config(self.run_dir, self.given_cfg)
             if start == 0:
                 for path in self._log_paths():
                     truncate_log(path, 0)

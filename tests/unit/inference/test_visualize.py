@@ -6,7 +6,16 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from ssfilter.inference.visualize import colorize, crop_box, map_to_original, mask_image, overlay_image
+from ssfilter.inference.regions import find_regions
+from ssfilter.inference.visualize import (
+    BOX_COLOR,
+    box_width,
+    colorize,
+    crop_box,
+    map_to_original,
+    mask_image,
+    overlay_image,
+)
 
 
 @pytest.mark.parametrize(("width", "height", "resize", "crop"), [(97, 45, 80, 64), (300, 120, 256, 224)])
@@ -57,3 +66,29 @@ def test_colorize_overlay_and_mask() -> None:
     assert mask.sum() == 255
     with pytest.raises(ValueError):
         overlay_image(image, np.zeros((5, 3), np.float32))
+
+
+def test_overlay_outlines_each_region_inside_its_box() -> None:
+    image = Image.new("RGB", (30, 20), (100, 100, 100))
+    norm = np.zeros((20, 30), np.float32)
+    norm[2:6, 3:10] = 0.9
+    norm[12:18, 20:27] = 0.7
+    regions = find_regions(norm)
+    plain = np.asarray(overlay_image(image, norm))
+    boxed = np.asarray(overlay_image(image, norm, regions=regions))
+    green = np.all(boxed == BOX_COLOR, axis=-1)
+    expected = np.zeros_like(green)
+    for r in regions:  # a 1 px outline on the box's first and last rows and columns
+        expected[r.y0 : r.y1, [r.x0, r.x1 - 1]] = True
+        expected[[r.y0, r.y1 - 1], r.x0 : r.x1] = True
+    np.testing.assert_array_equal(green, expected)
+    np.testing.assert_array_equal(boxed[~expected], plain[~expected])  # nothing else changes
+    assert not np.all(plain == BOX_COLOR, axis=-1).any()
+    # thicker lines on big images, still inside the box
+    assert [box_width(w, h) for w, h in [(30, 20), (600, 200), (1200, 1000)]] == [1, 2, 4]
+    big = np.zeros((300, 600), np.float32)
+    big[100:200, 50:150] = 1.0
+    out = np.asarray(overlay_image(Image.new("RGB", (600, 300)), big, regions=find_regions(big)))
+    green = np.all(out == BOX_COLOR, axis=-1)
+    assert green[100:200, 50:52].all() and green[100:102, 50:150].all() and green[198:200, 50:150].all()
+    assert not green[:, 49].any() and not green[99, :].any() and not green[102:198, 52:148].any()

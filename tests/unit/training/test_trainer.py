@@ -99,3 +99,28 @@ def test_resume_with_a_changed_model_is_a_run_format_error(
     changed.model.decoder_dim = 2 * (tiny_config.model.decoder_dim or 32)
     with pytest.raises(RunFormatError, match="does not match this model"):
         Trainer(changed, samples, tmp_path / "run", progress=False).fit(resume=True)
+
+
+def test_training_follows_schedule_fractions_and_warns_about_unreachable_phases(
+    tmp_path: Path, synthetic_mvtec: Path, tiny_config
+) -> None:
+    import yaml
+
+    from ssfilter.runfolder import CONFIG_FILE
+
+    cfg = tiny_config
+    cfg.train.iters = 4
+    cfg.train.warmup_iters = cfg.train.hard_mining_ramp = cfg.batch_filter.cold_start_iters = None
+    cfg.train.warmup_fraction, cfg.train.hard_mining_ramp_fraction = 0.5, 1.0
+    cfg.batch_filter.cold_start_fraction = 1.0  # the whole run in cold start: uncertainty never used
+    samples = discover(synthetic_mvtec, "train")
+    trainer = Trainer(cfg, samples, tmp_path / "run", progress=False)
+    assert (trainer.cfg.train.warmup_iters, trainer.cfg.batch_filter.cold_start_iters) == (2, 4)
+    with pytest.warns(UserWarning, match="regular phase .* is never reached"):
+        trainer.fit()
+    lrs = [float(r["lr"]) for r in _rows(tmp_path / "run" / LOG_FILE)]
+    assert lrs[0] == 0.0 and 0.0 < lrs[1] < lrs[2]  # linear warm-up over the first 2 of 4 iterations
+    saved = yaml.safe_load((tmp_path / "run" / CONFIG_FILE).read_text())
+    assert saved["train"]["warmup_iters"] is None and saved["train"]["warmup_fraction"] == 0.5
+    phases = {r["phase"] for r in _rows(tmp_path / "run" / "filter_log.csv")}
+    assert phases == {"cold"}
