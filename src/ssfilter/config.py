@@ -151,11 +151,9 @@ class BatchFilterConfig:
         image_topk_ratio: Share of top patches / pixels averaged per image score (paper: 0.01).
         keep_ratio: Share of the batch ranked as "lower half" (paper: 0.5).
         block_rows: Row-block size of the patch similarity computation (memory bound).
-        descriptor_layers: Eq. 1's ``L1``: indices into the encoder's target layers whose patch tokens are
-            concatenated into the patch descriptor (Table 8). ``None`` with ``descriptor_mean_layers`` also
-            ``None``: the backbone's own descriptor (ViTs: the paper's ``L1 = [0, 3]``, ``L2 = [0, 3, 7]``).
-        descriptor_mean_layers: Eq. 1's ``L2``: target layers averaged and appended after ``L1`` (``[]``: no
-            mean term). When either list is set, an unset one counts as empty.
+        descriptor_layers: Eq. 1's ``L1`` (Table 8): target layers concatenated into the patch descriptor.
+            Both lists ``None``: the backbone's own (ViT: the paper's ``L1 = [0, 3]``, ``L2 = [0, 3, 7]``).
+        descriptor_mean_layers: Eq. 1's ``L2``: target layers averaged after ``L1``; ``[]`` or unset: none.
     """
 
     patch_scoring: bool = True
@@ -183,13 +181,10 @@ class RestorationConfig:
         material_percentile: T_p percentile cap (paper: 99).
         materials_min: Materials pasted per synthetic image at the start of training.
         materials_max: Materials pasted per synthetic image at the end of training (paper: 5).
-        synthesis: How synthetic anomalies are made (Table 5): ``"ours"`` (the paper's: real materials of the
-            batch's candidates, one image per candidate), ``"cutpaste"`` or ``"draem"`` (the baselines; see
-            :mod:`ssfilter.filtering.synthesis_registry`).
-        material_count: Materials per synthetic image (Table 9): ``"schedule"`` (paper: from
-            ``materials_min`` to ``materials_max`` over training), ``"schedule:A:B"``, ``"fixed:N"`` or
-            ``"rand:A:B"`` (see :mod:`ssfilter.filtering.material_counts`). Only for ``"ours"``.
-        synthetic_per_batch: Synthetic images per batch of the ``cutpaste`` and ``draem`` methods (paper: 2).
+        synthesis: Synthetic anomalies (Table 5): ``"ours"`` (paper), ``"cutpaste"``, ``"draem"``.
+        material_count: Materials per ``"ours"`` image (Table 9): ``"schedule"`` (paper, materials_min to
+            materials_max), ``"schedule:A:B"``, ``"fixed:N"``, ``"rand:A:B"``.
+        synthetic_per_batch: Synthetic images per batch of ``cutpaste`` and ``draem`` (paper: 2).
     """
 
     enabled: bool = True
@@ -296,7 +291,6 @@ _SECTION_TYPES: dict[str, type] = {
 LEGACY_FILTER_KEYS: dict[str, str] = {
     **{k: f"batch_filter.{k}" for k in (f.name for f in fields(BatchFilterConfig))},
     "restoring": "restoration.enabled",
-    # every restoration key but ``enabled`` (``restoring`` above); keys added since version 1 are accepted too
     **{k: f"restoration.{k}" for k in (f.name for f in fields(RestorationConfig)) if k != "enabled"},
     "epochs": "dataset_filter.epochs",
     "min_keep": "dataset_filter.min_keep",
