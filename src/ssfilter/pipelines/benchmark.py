@@ -28,6 +28,7 @@ from typing import Any
 
 from ssfilter.config import Config
 from ssfilter.data.datasets import Sample
+from ssfilter.data.formats import Category, resolve_category
 from ssfilter.errors import RunExistsError
 from ssfilter.io import atomic_write_json, atomic_write_text
 from ssfilter.pipelines.methods import (
@@ -56,12 +57,13 @@ def run_benchmark(
     progress: bool = True,
     resume: bool = False,
     overwrite: bool = False,
+    data_format: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every method at every noise level; write results.json and results.md.
 
     Args:
-        data: MVTec-layout category folder.
-        alphas: Noise levels of the SoftPatch protocol.
+        data: One labelled category (MVTec AD, VisA, Real-IAD; see :mod:`ssfilter.data.formats`).
+        alphas: Noise levels of the format's protocol (SoftPatch; Real-IAD: its FUIAD lists).
         methods: Method names (see :func:`~ssfilter.pipelines.methods.parse_methods`).
         cfg: Configuration shared by all methods.
         out: Output folder.
@@ -70,6 +72,7 @@ def run_benchmark(
         progress: Show progress bars.
         resume: Continue an interrupted benchmark in ``out`` (finished rows are kept, not recomputed).
         overwrite: Start over in an ``out`` that already holds a (finished or interrupted) benchmark.
+        data_format: Read ``data`` as this format instead of detecting it.
 
     Returns:
         The ``results.json`` payload.
@@ -80,6 +83,7 @@ def run_benchmark(
     """
     methods = parse_methods(methods)
     out = Path(out)
+    category = resolve_category(data, data_format)
     rows, previous_seconds = _start(out, overlap, resume, overwrite)
     started = time.perf_counter()
 
@@ -93,7 +97,7 @@ def run_benchmark(
     for alpha in alphas:
         todo = [m for m in methods if not any(r["method"] == m and r["alpha"] == alpha for r in rows)]
         if todo:
-            _run_alpha(data, alpha, todo, cfg, out, overlap, noise_seed, progress, resume, save)
+            _run_alpha(category, alpha, todo, cfg, out, overlap, noise_seed, progress, resume, save)
     payload = {"rows": rows, "seconds": elapsed(), "data": str(data)}
     atomic_write_json(out / "results.json", payload)
     atomic_write_text(out / "results.md", results_markdown(rows))
@@ -123,7 +127,7 @@ def _start(out: Path, overlap: bool, resume: bool, overwrite: bool) -> tuple[lis
 
 
 def _run_alpha(
-    data: str | Path,
+    category: Category,
     alpha: float,
     todo: Sequence[str],
     cfg: Config,
@@ -139,10 +143,10 @@ def _run_alpha(
     The shared SSFilter run is trained first when a method needs it or a ``+filter`` method runs, then
     the dataset-level filter when a ``+filter`` method runs, then every method in order.
     """
-    from ssfilter.data.noise import contamination, softpatch_split
+    from ssfilter.data.noise import contamination
 
     registry = method_registry()
-    train, test, split = softpatch_split(data, alpha, overlap=overlap, seed=noise_seed)
+    train, test, split = category.noisy_split(alpha, overlap=overlap, seed=noise_seed)
     folder = out / f"alpha_{alpha:g}"
     split.save(folder / NOISE_SPLIT_FILE)
     train, test = _readable(train, test, folder)

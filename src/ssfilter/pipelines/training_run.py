@@ -42,20 +42,24 @@ def fit_run(
     noise: float | None = None,
     overlap: bool = False,
     noise_seed: int = 0,
+    data_format: str | None = None,
 ) -> TrainResult:
     """Train on the images under ``data`` and write the run folder ``run`` (what ``Detector.fit`` does).
 
     Args:
         cfg: The run's configuration.
-        data: An MVTec-layout category (``train/good`` is used) or any folder of images.
+        data: One data-set category (MVTec AD, VisA, Real-IAD; see :mod:`ssfilter.data.formats`) or any
+            folder of images.
         run: Run folder. An existing finished run is never overwritten unless ``overwrite``.
         resume: Continue from the run's last checkpoint.
         overwrite: Allow replacing a finished run.
         progress: Show progress bars.
         stop_after: Stop after this many iterations (tests of interruption).
-        noise: Inject this share of anomalous test images into training (SoftPatch protocol).
+        noise: Noise ratio of the format's protocol: SoftPatch injection of anomalous test images (MVTec AD,
+            VisA), the official FUIAD list (Real-IAD).
         overlap: Keep the injected images in the test set too (the hard setting).
         noise_seed: Seed of the injected selection.
+        data_format: Read ``data`` as this format (``--format``) instead of detecting it.
 
     Raises:
         RunExistsError: ``run`` holds a trained model and neither ``resume`` nor ``overwrite`` is set.
@@ -75,12 +79,17 @@ def fit_run(
         saved = NoiseSplit.load(run / NOISE_SPLIT_FILE)
         noise, overlap, noise_seed = saved.alpha, saved.overlap, saved.seed
     samples, _ = prepare_training_samples(
-        data, run if main else None, noise=noise, overlap=overlap, noise_seed=noise_seed
+        data,
+        run if main else None,
+        noise=noise,
+        overlap=overlap,
+        noise_seed=noise_seed,
+        data_format=data_format,
     )
     result = Trainer(cfg, samples, run, progress=progress, stop_after=stop_after).fit(resume=resume)
     if not main:
         return result
-    write_data_record(run, data, len(samples))
+    write_data_record(run, data, len(samples), data_format)
     finished = result.iterations == cfg.train.iters
     if (run / FILTER_LOG_FILE).is_file() and finished:
         _summarize_filter(run)

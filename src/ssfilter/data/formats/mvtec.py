@@ -1,0 +1,54 @@
+"""MVTec AD: a root of category folders, each ``train/good``, ``test/<type>``, ``ground_truth/<type>``.
+
+Reads with :func:`~ssfilter.data.datasets.discover` (an MVTec category) and injects noise with the SoftPatch
+protocol (:func:`~ssfilter.data.noise.softpatch_split`). MVTec AD: Bergmann et al., CVPR 2019 / IJCV 2021,
+CC BY-NC-SA 4.0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ssfilter.data.datasets import Sample, discover, is_mvtec_layout
+from ssfilter.data.formats.base import Category, DataFormat, register_format
+from ssfilter.data.noise import NoiseSplit, softpatch_split
+
+__all__ = ["MVTecFormat"]
+
+
+@register_format
+class MVTecFormat(DataFormat):
+    """MVTec AD (and any folder in its layout, e.g. a factory's own labelled test set)."""
+
+    name = "mvtec"
+    priority = 30
+    looked_for = (
+        "an MVTec AD category (train/good/ or test/<type>/) or a root whose sub-folders are such categories"
+    )
+
+    def root_categories(self, path: Path) -> list[Category] | None:
+        """Sub-folders in the MVTec layout, when ``path`` is not a category itself."""
+        if is_mvtec_layout(path) or not path.is_dir():
+            return None
+        cats = [
+            c
+            for sub in sorted(path.iterdir())
+            if not sub.name.startswith(".") and (c := self.category(sub)) is not None
+        ]
+        return cats or None
+
+    def category(self, path: Path) -> Category | None:
+        """``path`` when it has ``train/good/`` or ``test/``."""
+        if path.is_dir() and is_mvtec_layout(path):
+            return Category(self.name, path.name, path, path)
+        return None
+
+    def samples(self, category: Category, split: str) -> list[Sample]:
+        """``train/good`` or ``test/<type>`` with masks (raises on an empty split)."""
+        return discover(category.path, split)  # type: ignore[arg-type]
+
+    def noisy_split(
+        self, category: Category, alpha: float, *, overlap: bool, seed: int
+    ) -> tuple[list[Sample], list[Sample], NoiseSplit]:
+        """SoftPatch injection of anomalous test images into ``train/good``."""
+        return softpatch_split(category.path, alpha, overlap=overlap, seed=seed)

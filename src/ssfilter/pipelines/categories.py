@@ -1,0 +1,299 @@
+"""Several categories in one command: one run (or one benchmark) per category, and a summary with the mean.
+
+The paper trains one model per category and reports each category plus the mean. Over a data-set root
+(:class:`~ssfilter.data.formats.DataSet` with ``is_root``):
+
+* :func:`train_categories` trains ``OUT/<category>/`` with :func:`~ssfilter.pipelines.training_run.fit_run`
+  and evaluates it on the category's test split (the run's noisy split when ``noise`` is given); a plain
+  folder has no test split and gets no metrics;
+* :func:`benchmark_categories` runs :func:`~ssfilter.pipelines.benchmark.run_benchmark` into
+  ``OUT/<category>/`` (methods x noise levels of each category);
+* :func:`train_unified` trains one model on the union of the categories (Dinomaly's multi-class setting,
+  ``--unified``) in ``OUT/unified/`` and evaluates it per category.
+
+Each writes ``OUT/summary.json`` and ``OUT/summary.md``: one row per category, one column per metric
+(training) or per method, alpha and metric (benchmark), and a mean row over the categories (a mean needs
+every category). ``summary.json`` is rewritten after every finished category; ``resume=True`` keeps the
+finished categories and continues the others (unfinished runs from their last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ssfilter.config import Config, load_config
+from ssfilter.data.datasets import Sample
+from ssfilter.data.formats import Category, DataSet, recorded_split
+from ssfilter.errors import RunExistsError
+from ssfilter.io import atomic_write_json, atomic_write_text
+from ssfilter.pipelines.benchmark import run_benchmark
+from ssfilter.pipelines.training_run import fit_run
+from ssfilter.runfolder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE
+
+__all__ = [
+    "SUMMARY_JSON",
+    "SUMMARY_MD",
+    "TRAIN_COLUMNS",
+    "benchmark_categories",
+    "summary_markdown",
+    "train_categories",
+]
+
+log = logging.getLogger(__name__)
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+#: The metrics of a training summary (the paper's seven; P-AUPRO is the MVTec definition).
+TRAIN_COLUMNS = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "P-AUPRO")
+#: The benchmark summary's metrics per method and alpha (the paper's Tables 1-2).
+_BENCHMARK_METRICS = ("I-AUROC", "P-AUPRO")
+
+Row = dict[str, Any]
+
+
+def train_categories(
+    dataset: DataSet,
+    cfg: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    noise: float | None = None,
+    overlap: bool = False,
+    noise_seed: int = 0,
+) -> dict[str, Any]:
+    """Train and evaluate one run per category into ``out/<category>/``; write the summary.
+
+    Args:
+        dataset: The categories to train (a root, possibly narrowed with ``DataSet.select``).
+        cfg: Configuration of every run (a resumed run keeps the one saved in its folder).
+        out: Output folder.
+        resume: Keep finished categories; continue unfinished runs from their last checkpoint.
+        overwrite: Start over in an ``out`` that holds a summary (finished runs are replaced).
+        progress: Show progress bars.
+        noise: Noise ratio of the format's protocol per category (SoftPatch; Real-IAD: FUIAD lists).
+        overlap: Keep injected images in the test set (SoftPatch).
+        noise_seed: Seed of the injected selection.
+
+    Returns:
+        The ``summary.json`` payload.
+    """
+    out = Path(out)
+
+    def one(category: Category) -> Row:
+        run = out / category.name
+        run_cfg = cfg
+        if resume and (run / CONFIG_FILE).is_file():
+            run_cfg = load_config(run / CONFIG_FILE)
+        fit_run(
+            run_cfg,
+            category.path,
+            run,
+            resume=resume and (run / STATE_FILE).is_file(),
+            overwrite=overwrite,
+            progress=progress,
+            noise=noise,
+            overlap=overlap,
+            noise_seed=noise_seed,
+            data_format=dataset.format,
+        )
+        metrics = _evaluate_run(run, category, dataset.format, cfg.train.device, progress)
+        return {"category": category.name, "run": str(run), "values": _pick(metrics, TRAIN_COLUMNS)}
+
+    return _per_category(dataset, out, "train", list(TRAIN_COLUMNS), one, resume=resume, overwrite=overwrite)
+
+
+def benchmark_categories(
+    dataset: DataSet,
+    alphas: Sequence[float],
+    methods: Sequence[str],
+    cfg: Config,
+    out: str | Path,
+    *,
+    overlap: bool = False,
+    noise_seed: int = 0,
+    progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """:func:`~ssfilter.pipelines.benchmark.run_benchmark` per category into ``out/<category>/``; the summary.
+
+    Columns are ``"<method> alpha=<a> <metric>"`` for I-AUROC and P-AUPRO; each category's own
+    ``results.md`` / ``report.html`` hold the full tables. Arguments as for :func:`train_categories` and
+    ``run_benchmark``.
+    """
+    out = Path(out)
+    columns = [f"{m} alpha={a:g} {k}" for m in methods for a in alphas for k in _BENCHMARK_METRICS]
+
+    def one(category: Category) -> Row:
+        folder = out / category.name
+        payload = run_benchmark(
+            category.path,
+            alphas,
+            methods,
+            cfg,
+            folder,
+            overlap=overlap,
+            noise_seed=noise_seed,
+            progress=progress,
+            resume=resume,
+            overwrite=overwrite,
+            data_format=dataset.format,
+        )
+        values = {
+            f"{r['method']} alpha={r['alpha']:g} {k}": r["metrics"].get(k)
+            for r in payload["rows"]
+            for k in _BENCHMARK_METRICS
+        }
+        return {"category": category.name, "run": str(folder), "values": _pick(values, columns)}
+
+    return _per_category(dataset, out, "benchmark", columns, one, resume=resume, overwrite=overwrite)
+
+
+def _per_category(
+    dataset: DataSet,
+    out: Path,
+    kind: str,
+    columns: list[str],
+    one: Callable[[Category], Row],
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """Run ``one`` for every unfinished category, saving the summary after each; return the payload."""
+    done, previous_seconds = _start(out, kind, resume, overwrite)
+    started = time.perf_counter()
+    rows: list[Row] = []
+
+    def payload() -> dict[str, Any]:
+        return {
+            "kind": kind,
+            "format": dataset.format,
+            "data": str(dataset.path),
+            "columns": columns,
+            "rows": rows,
+            "mean": _mean_row(rows, columns),
+            "seconds": round(previous_seconds + time.perf_counter() - started, 1),
+        }
+
+    log.info("%s", dataset.describe())
+    for category in dataset.categories:
+        if category.name in done:
+            log.info("%s: finished earlier, kept (%s)", category.name, done[category.name]["run"])
+            rows.append(done[category.name])
+            continue
+        log.info("category %s (%d of %d)", category.name, len(rows) + 1, len(dataset.categories))
+        t0 = time.perf_counter()
+        row = one(category)
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        atomic_write_json(out / SUMMARY_JSON, payload())
+    result = payload()
+    atomic_write_json(out / SUMMARY_JSON, result)
+    atomic_write_text(out / SUMMARY_MD, summary_markdown(result))
+    return result
+
+
+def _start(out: Path, kind: str, resume: bool, overwrite: bool) -> tuple[dict[str, Row], float]:
+    """Check ``out``; the finished categories of an earlier summary of the same kind (with ``resume``)."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    path = out / SUMMARY_JSON
+    if not path.is_file():
+        return {}, 0.0
+    if not (resume or overwrite):
+        raise RunExistsError(
+            f"{out} already holds a multi-category {SUMMARY_JSON}; pass --resume to continue it or "
+            "--overwrite to start over"
+        )
+    if overwrite:
+        return {}, 0.0
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    if previous.get("kind") != kind:
+        raise RunExistsError(f"{path} is a {previous.get('kind')} summary, not a {kind} one")
+    rows = {r["category"]: r for r in previous.get("rows", [])}
+    return rows, float(previous.get("seconds", 0.0))
+
+
+def _evaluate_run(
+    run: Path, category: Category, data_format: str, device: str, progress: bool
+) -> dict[str, Any]:
+    """Metrics of the run on the category's test split (its noisy split's when it has one), saved in the run.
+
+    A plain folder has no labelled test split: its row has no metrics.
+    """
+    if data_format == "folder" or not (run / MODEL_FILE).is_file():
+        return {}
+    from ssfilter.runtime.device import resolve_device
+    from ssfilter.training.checkpoint import load_run
+
+    recorded = recorded_split(category.path, run, data_format)
+    test = recorded[1] if recorded is not None else category.samples("test")
+    run_cfg, model = load_run(run, resolve_device(device))
+    return _evaluate_model(model, run_cfg, test, run / METRICS_FILE, progress)
+
+
+def _evaluate_model(
+    model: Any, cfg: Config, test: Sequence[Sample], out: Path, progress: bool
+) -> dict[str, Any]:
+    """Evaluate ``model`` on the readable ``test`` samples; write the evaluation JSON to ``out``."""
+    from ssfilter.data.validation import validate_samples
+    from ssfilter.evaluation.evaluate import evaluate_model
+
+    samples, skipped = validate_samples(test, masks=True, what="test image")
+    if not samples:
+        raise ValueError(f"no readable test images for {out.parent} ({len(skipped)} skipped)")
+    device = next(model.parameters()).device
+    result = evaluate_model(model, samples, cfg, device=device, progress=progress)
+    payload = result.to_json()
+    payload["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+    atomic_write_json(out, payload)
+    return dict(result.metrics)
+
+
+def _defined(value: Any) -> float | None:
+    """``value`` as a float, or ``None`` when missing or NaN."""
+    if value is None or isinstance(value, bool):
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def _pick(values: dict[str, Any], columns: Sequence[str]) -> dict[str, float | None]:
+    """The summary columns of ``values`` (``None`` where undefined)."""
+    return {c: _defined(values.get(c)) for c in columns}
+
+
+def _mean_row(rows: Sequence[Row], columns: Sequence[str]) -> dict[str, float | None]:
+    """Mean per column over the categories; ``None`` where any category lacks the value."""
+    mean: dict[str, float | None] = {}
+    for c in columns:
+        values = [r["values"].get(c) for r in rows]
+        mean[c] = None if not values or any(v is None for v in values) else sum(values) / len(values)
+    return mean
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The summary as a Markdown table (values in %, one decimal; ``-`` undefined), the mean row last."""
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}"
+
+    columns = summary["columns"]
+    lines = [
+        f"{summary['kind']} summary: {summary['format']} data at {summary['data']} (%)",
+        "",
+        "| category | " + " | ".join(columns) + " |",
+        "|" + "---|" * (len(columns) + 1),
+    ]
+    for row in summary["rows"]:
+        lines.append(f"| {row['category']} | " + " | ".join(cell(row["values"][c]) for c in columns) + " |")
+    lines.append("| **mean** | " + " | ".join(cell(summary["mean"][c]) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
