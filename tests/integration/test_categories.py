@@ -99,3 +99,27 @@ def test_train_on_one_realiad_category_with_fuiad_noise(tmp_path: Path, cfg_file
     assert split["train"] == [str(category / e["image_path"]) for e in listed["train"]]
     assert split["meta"]["n_ng_train"] == sum(e["anomaly_class"] != "OK" for e in listed["train"]) == 5
     assert main([*argv[:-2], "--out", str(tmp_path / "r2"), "--noise", "0.3"]) == 2  # no fuiad_0.3 folder
+
+
+def test_unified_trains_one_model_on_the_union_and_evaluates_each_category(
+    tmp_path: Path, cfg_file: Path
+) -> None:
+    root = make_synthetic_dataset(tmp_path / "mvtec", "mvtec", ("bolt", "gear"), n_train=4)
+    out = tmp_path / "uni"
+    argv = ["-q", "train", "--data", str(root), "--unified", "--config", str(cfg_file), "--out", str(out)]
+    assert main([*argv, "--noise", "0.25"]) == 0
+    run = out / "unified"
+    assert (run / "model.safetensors").is_file() and not (out / "bolt").exists()
+    data = json.loads((run / "data.json").read_text())
+    assert data["n_train"] == 2 * (4 + 1) and data["format"] == "mvtec"  # both categories, 1 injected each
+    summary = _summary(out)
+    assert summary["kind"] == "unified" and [r["category"] for r in summary["rows"]] == ["bolt", "gear"]
+    for row in summary["rows"]:
+        folder = run / "categories" / row["category"]
+        split = json.loads((folder / "noise_split.json").read_text())
+        tested = {i["path"] for i in json.loads((folder / "metrics.json").read_text())["images"]}
+        assert tested == set(split["test"]) and all(f"/{row['category']}/" in p for p in tested)
+        assert all(v is not None for v in row["values"].values())
+        assert row["abnormal_recall"] is not None  # the noisy union is labelled: the filter is measured
+    assert "abnormal recall (in-batch filter)" in (out / SUMMARY_MD).read_text(encoding="utf-8")
+    assert main([*argv[:3], str(root / "bolt"), *argv[4:]]) == 2  # --unified needs a root

@@ -79,11 +79,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     dataset = resolve_data_arg(args)
     cfg = config_from_args(args)
+    if args.unified and not dataset.is_root:
+        raise ValueError(
+            f"--unified needs a data-set root of several categories; {args.data} is one category"
+        )
     if dataset.is_root:
-        from ssfilter.pipelines.categories import SUMMARY_MD, train_categories
+        from ssfilter.pipelines.categories import SUMMARY_MD, train_categories, train_unified
 
         t0 = time.perf_counter()
-        train_categories(
+        (train_unified if args.unified else train_categories)(
             dataset,
             cfg,
             args.out,

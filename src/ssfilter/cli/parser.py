@@ -113,6 +113,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="stop after iteration N as if interrupted (e.g. a job time limit); continue with --resume",
     )
     add_data_format_options(p, categories=True)
+    p.add_argument(
+        "--unified",
+        action="store_true",
+        help="with a data-set root: one model on the union of the categories (OUT/unified/), evaluated per "
+        "category (Dinomaly's multi-class setting)",
+    )
     add_config_options(p, train=True)
 
 

@@ -33,8 +33,18 @@ from ssfilter.data.formats import Category, DataSet, recorded_split
 from ssfilter.errors import RunExistsError
 from ssfilter.io import atomic_write_json, atomic_write_text
 from ssfilter.pipelines.benchmark import run_benchmark
-from ssfilter.pipelines.training_run import fit_run
-from ssfilter.runfolder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE
+from ssfilter.pipelines.training_run import fit_run, fit_samples
+from ssfilter.runfolder import (
+    CONFIG_FILE,
+    FILTER_SUMMARY_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    NOISE_SPLIT_FILE,
+    STATE_FILE,
+)
+
+#: The run folder of ``--unified`` under ``OUT``; per-category splits go to ``OUT/unified/categories/<c>/``.
+UNIFIED_RUN = "unified"
 
 __all__ = [
     "SUMMARY_JSON",
@@ -43,6 +53,7 @@ __all__ = [
     "benchmark_categories",
     "summary_markdown",
     "train_categories",
+    "train_unified",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +64,9 @@ SUMMARY_MD = "summary.md"
 TRAIN_COLUMNS = ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "P-AUPRO")
 #: The benchmark summary's metrics per method and alpha (the paper's Tables 1-2).
 _BENCHMARK_METRICS = ("I-AUROC", "P-AUPRO")
+
+#: Markdown column of the in-batch filter's abnormal recall (second half of training, SSFilter runs).
+_RECALL_COLUMN = "abnormal recall (in-batch filter)"
 
 Row = dict[str, Any]
 
@@ -105,9 +119,84 @@ def train_categories(
             data_format=dataset.format,
         )
         metrics = _evaluate_run(run, category, dataset.format, cfg.train.device, progress)
-        return {"category": category.name, "run": str(run), "values": _pick(metrics, TRAIN_COLUMNS)}
+        row = {"category": category.name, "run": str(run), "values": _pick(metrics, TRAIN_COLUMNS)}
+        return {**row, "abnormal_recall": _abnormal_recall(run)}
 
     return _per_category(dataset, out, "train", list(TRAIN_COLUMNS), one, resume=resume, overwrite=overwrite)
+
+
+def train_unified(
+    dataset: DataSet,
+    cfg: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    noise: float | None = None,
+    overlap: bool = False,
+    noise_seed: int = 0,
+) -> dict[str, Any]:
+    """One model on the union of the categories (``--unified``), evaluated per category; the summary.
+
+    Each category's training set (with its noise protocol) is built as for a per-category run; its
+    ``noise_split.json`` and ``skipped.csv`` go to ``out/unified/categories/<category>/`` and its test split
+    (the noisy one when ``noise`` is given) is what the category's row is evaluated on. The in-batch filter
+    then compares images of mixed categories in one batch; the run's ``filter_summary.json`` (abnormal
+    recall, normal discard rate) is copied into the summary to show what that does. Arguments as for
+    :func:`train_categories`.
+    """
+    from ssfilter.data.validation import prepare_training_samples
+
+    out = Path(out)
+    run = out / UNIFIED_RUN
+    _start(out, "unified", resume, overwrite)  # refuse an existing summary early
+    if (run / MODEL_FILE).is_file() and not (resume or overwrite):
+        raise RunExistsError(f"{run} already holds a trained model; pass --resume or --overwrite")
+    log.info("%s; one unified model", dataset.describe())
+    union: list[Sample] = []
+    for category in dataset.categories:
+        folder = run / "categories" / category.name
+        if resume and (folder / NOISE_SPLIT_FILE).is_file():
+            from ssfilter.data.noise import NoiseSplit
+
+            saved = NoiseSplit.load(folder / NOISE_SPLIT_FILE)
+            noise, overlap, noise_seed = saved.alpha, saved.overlap, saved.seed
+        samples, _ = prepare_training_samples(
+            category.path,
+            folder,
+            noise=noise,
+            overlap=overlap,
+            noise_seed=noise_seed,
+            data_format=dataset.format,
+        )
+        union += samples
+    run_cfg = load_config(run / CONFIG_FILE) if resume and (run / CONFIG_FILE).is_file() else cfg
+    if overwrite:
+        (run / STATE_FILE).unlink(missing_ok=True)
+    resumed = resume and (run / STATE_FILE).is_file()
+    fit_samples(
+        run_cfg, union, run, dataset.path, resume=resumed, progress=progress, data_format=dataset.format
+    )
+    recall = _abnormal_recall(run)
+
+    def one(category: Category) -> Row:
+        folder = run / "categories" / category.name
+        metrics = _evaluate_run(run, category, dataset.format, cfg.train.device, progress, splits=folder)
+        row = {"category": category.name, "run": str(run), "values": _pick(metrics, TRAIN_COLUMNS)}
+        return {**row, "abnormal_recall": recall}
+
+    return _per_category(
+        dataset, out, "unified", list(TRAIN_COLUMNS), one, resume=resume, overwrite=overwrite
+    )
+
+
+def _abnormal_recall(run: Path) -> float | None:
+    """The in-batch filter's abnormal recall of a finished SSFilter run (``None`` without labels)."""
+    path = run / FILTER_SUMMARY_FILE
+    if not path.is_file():
+        return None
+    return _defined(json.loads(path.read_text(encoding="utf-8")).get("abnormal_recall"))
 
 
 def benchmark_categories(
@@ -223,21 +312,28 @@ def _start(out: Path, kind: str, resume: bool, overwrite: bool) -> tuple[dict[st
 
 
 def _evaluate_run(
-    run: Path, category: Category, data_format: str, device: str, progress: bool
+    run: Path,
+    category: Category,
+    data_format: str,
+    device: str,
+    progress: bool,
+    splits: Path | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the run on the category's test split (its noisy split's when it has one), saved in the run.
+    """Metrics of the run on the category's test split (its noisy split's when it has one).
 
-    A plain folder has no labelled test split: its row has no metrics.
+    The split is looked for in ``splits`` (default: the run folder), where the evaluation JSON is written
+    (``metrics.json``). A plain folder has no labelled test split: its row has no metrics.
     """
     if data_format == "folder" or not (run / MODEL_FILE).is_file():
         return {}
     from ssfilter.runtime.device import resolve_device
     from ssfilter.training.checkpoint import load_run
 
-    recorded = recorded_split(category.path, run, data_format)
+    splits = splits or run
+    recorded = recorded_split(category.path, splits, data_format)
     test = recorded[1] if recorded is not None else category.samples("test")
     run_cfg, model = load_run(run, resolve_device(device))
-    return _evaluate_model(model, run_cfg, test, run / METRICS_FILE, progress)
+    return _evaluate_model(model, run_cfg, test, splits / METRICS_FILE, progress)
 
 
 def _evaluate_model(
@@ -287,13 +383,18 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         return "-" if value is None else f"{100 * value:.1f}"
 
     columns = summary["columns"]
+    recall = any(r.get("abnormal_recall") is not None for r in summary["rows"])
+    extra = [_RECALL_COLUMN] if recall else []
     lines = [
         f"{summary['kind']} summary: {summary['format']} data at {summary['data']} (%)",
         "",
-        "| category | " + " | ".join(columns) + " |",
-        "|" + "---|" * (len(columns) + 1),
+        "| category | " + " | ".join([*columns, *extra]) + " |",
+        "|" + "---|" * (len(columns) + len(extra) + 1),
     ]
     for row in summary["rows"]:
-        lines.append(f"| {row['category']} | " + " | ".join(cell(row["values"][c]) for c in columns) + " |")
-    lines.append("| **mean** | " + " | ".join(cell(summary["mean"][c]) for c in columns) + " |")
+        cells = [cell(row["values"][c]) for c in columns]
+        cells += [cell(row.get("abnormal_recall"))] if recall else []
+        lines.append(f"| {row['category']} | " + " | ".join(cells) + " |")
+    mean = [cell(summary["mean"][c]) for c in columns] + ([""] if recall else [])
+    lines.append("| **mean** | " + " | ".join(mean) + " |")
     return "\n".join(lines) + "\n"

@@ -7,9 +7,11 @@ run folder without importing the API on top of them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from ssfilter.config import Config
+from ssfilter.data.datasets import Sample
 from ssfilter.data.validation import prepare_training_samples
 from ssfilter.errors import RunExistsError
 from ssfilter.io import atomic_write_json
@@ -25,7 +27,7 @@ from ssfilter.runtime.distributed import is_main_process
 from ssfilter.training.filter_log import summarize_filter_log
 from ssfilter.training.trainer import Trainer, TrainResult
 
-__all__ = ["fit_run"]
+__all__ = ["fit_run", "fit_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,37 @@ def fit_run(
         noise_seed=noise_seed,
         data_format=data_format,
     )
-    result = Trainer(cfg, samples, run, progress=progress, stop_after=stop_after).fit(resume=resume)
-    if not main:
+    return fit_samples(
+        cfg,
+        samples,
+        run,
+        data,
+        resume=resume,
+        progress=progress,
+        stop_after=stop_after,
+        data_format=data_format,
+    )
+
+
+def fit_samples(
+    cfg: Config,
+    samples: Sequence[Sample],
+    run: Path,
+    data: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    data_format: str | None = None,
+) -> TrainResult:
+    """Train on ready ``samples`` into ``run``; record ``data``, summarise the filter, calibrate.
+
+    The second half of :func:`fit_run`, also used to train one model on the union of several categories
+    (``--unified``). ``samples`` are readable already (see
+    :func:`~ssfilter.data.validation.prepare_training_samples`).
+    """
+    result = Trainer(cfg, list(samples), run, progress=progress, stop_after=stop_after).fit(resume=resume)
+    if not is_main_process():
         return result
     write_data_record(run, data, len(samples), data_format)
     finished = result.iterations == cfg.train.iters
