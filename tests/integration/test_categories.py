@@ -53,6 +53,7 @@ def test_benchmark_over_a_root_writes_one_benchmark_per_category_and_the_mean(
         assert summary["mean"][col] == pytest.approx(sum(values) / 2)
     md = (out / SUMMARY_MD).read_text(encoding="utf-8")
     assert "| gear |" in md and "| bolt |" in md and "| **mean** |" in md and "nut" not in md
+    assert "Data: MVTec AD: Bergmann et al." in md and "CC BY-NC-SA 4.0" in md
     assert "| **mean** |" in capsys.readouterr().out
     # Finished categories are kept with --resume: nothing is retrained, the summary is the same.
     (out / "gear" / "results.json").unlink()  # would be recomputed if gear were not kept

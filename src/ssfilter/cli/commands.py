@@ -79,29 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     dataset = resolve_data_arg(args)
     cfg = config_from_args(args)
-    if args.unified and not dataset.is_root:
-        raise ValueError(
-            f"--unified needs a data-set root of several categories; {args.data} is one category"
-        )
-    if dataset.is_root:
-        from ssfilter.pipelines.categories import SUMMARY_MD, train_categories, train_unified
-
-        t0 = time.perf_counter()
-        (train_unified if args.unified else train_categories)(
-            dataset,
-            cfg,
-            args.out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-            noise=args.noise,
-            overlap=args.overlap,
-            noise_seed=args.noise_seed,
-        )
-        print((args.out / SUMMARY_MD).read_text(encoding="utf-8"))
-        seconds = time.perf_counter() - t0
-        print(f"trained {len(dataset.categories)} categories in {seconds:.0f}s; runs in {args.out}")
-        return 0
+    if dataset.is_root or args.unified:
+        return train_root(args, dataset, cfg)
     if args.resume and (args.out / "config.yaml").is_file():
         from ssfilter.config import load_config
 
@@ -124,6 +103,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if is_main_process():
         print(f"trained in {time.perf_counter() - t0:.1f}s; run folder: {args.out}")
+    return 0
+
+
+def train_root(args: argparse.Namespace, dataset, cfg) -> int:  # noqa: ANN001 - DataSet, Config (lazy)
+    """``ssfilter train`` over a data-set root: one run per category, or one ``--unified`` run."""
+    from ssfilter.pipelines.categories import SUMMARY_MD, train_categories, train_unified
+
+    if args.unified and not dataset.is_root:
+        raise ValueError(
+            f"--unified needs a data-set root of several categories; {args.data} is one category"
+        )
+    if args.stop_after is not None:
+        raise ValueError("--stop-after applies to one category; over a root, interrupt and use --resume")
+    t0 = time.perf_counter()
+    (train_unified if args.unified else train_categories)(
+        dataset,
+        cfg,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        noise=args.noise,
+        overlap=args.overlap,
+        noise_seed=args.noise_seed,
+    )
+    if is_main_process():
+        print((args.out / SUMMARY_MD).read_text(encoding="utf-8"))
+        seconds = time.perf_counter() - t0
+        print(f"trained {len(dataset.categories)} categories in {seconds:.0f}s; runs in {args.out}")
     return 0
 
 

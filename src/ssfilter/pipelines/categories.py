@@ -29,7 +29,7 @@ from typing import Any
 
 from ssfilter.config import Config, load_config
 from ssfilter.data.datasets import Sample
-from ssfilter.data.formats import Category, DataSet, recorded_split
+from ssfilter.data.formats import Category, DataSet, get_format, recorded_split
 from ssfilter.errors import RunExistsError
 from ssfilter.io import atomic_write_json, atomic_write_text
 from ssfilter.pipelines.benchmark import run_benchmark
@@ -266,6 +266,7 @@ def _per_category(
             "kind": kind,
             "format": dataset.format,
             "data": str(dataset.path),
+            "citation": get_format(dataset.format).citation,
             "columns": columns,
             "rows": rows,
             "mean": _mean_row(rows, columns),
@@ -397,4 +398,6 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {row['category']} | " + " | ".join(cells) + " |")
     mean = [cell(summary["mean"][c]) for c in columns] + ([""] if recall else [])
     lines.append("| **mean** | " + " | ".join(mean) + " |")
+    if summary.get("citation"):
+        lines += ["", f"Data: {summary['citation']}."]
     return "\n".join(lines) + "\n"

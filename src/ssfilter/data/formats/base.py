@@ -143,11 +143,13 @@ class DataFormat(ABC):
         name: The ``--format`` name.
         looked_for: What detection looks for, for the unknown-layout error.
         priority: Detection order (lower first); the plain-folder fallback comes last.
+        citation: The data set's citation and licence, printed in summaries ("" when unknown).
     """
 
     name: str = ""
     looked_for: str = ""
     priority: int = 50
+    citation: str = ""
 
     @abstractmethod
     def root_categories(self, path: Path) -> list[Category] | None:

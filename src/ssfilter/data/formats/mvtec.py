@@ -22,6 +22,7 @@ class MVTecFormat(DataFormat):
 
     name = "mvtec"
     priority = 30
+    citation = "MVTec AD: Bergmann et al., CVPR 2019 / IJCV 2021; licence CC BY-NC-SA 4.0"
     looked_for = (
         "an MVTec AD category (train/good/ or test/<type>/) or a root whose sub-folders are such categories"
     )

@@ -35,6 +35,7 @@ class RealIADFormat(DataFormat):
 
     name = "realiad"
     priority = 10
+    citation = "Real-IAD: Wang et al., CVPR 2024; licence: the release's terms (research use)"
     looked_for = (
         f"a Real-IAD root ({JSON_FOLDER}/ next to {' or '.join(f + '/' for f in IMAGE_FOLDERS)}), one image "
         f"folder of it, or one category (realiad_<size>/<category>/ with ../../{JSON_FOLDER}/<category>.json)"

@@ -33,6 +33,7 @@ class VisAFormat(DataFormat):
 
     name = "visa"
     priority = 20
+    citation = "VisA: Zou et al., SPot-the-Difference, ECCV 2022; licence CC BY 4.0"
     looked_for = (
         f"a VisA root ({SPLIT_CSV.as_posix()}) or one of its object folders (listed in "
         f"../{SPLIT_CSV.as_posix()})"
