@@ -124,3 +124,24 @@ def test_unified_trains_one_model_on_the_union_and_evaluates_each_category(
         assert row["abnormal_recall"] is not None  # the noisy union is labelled: the filter is measured
     assert "abnormal recall (in-batch filter)" in (out / SUMMARY_MD).read_text(encoding="utf-8")
     assert main([*argv[:3], str(root / "bolt"), *argv[4:]]) == 2  # --unified needs a root
+
+
+def test_summary_mean_needs_every_category() -> None:
+    from ssfilter.pipelines.categories import summary_markdown
+
+    summary = {
+        "kind": "train",
+        "format": "visa",
+        "data": "/data/VisA",
+        "citation": "VisA: Zou et al., ECCV 2022; licence CC BY 4.0",
+        "columns": ["I-AUROC", "P-AUPRO"],
+        "rows": [
+            {"category": "a", "values": {"I-AUROC": 0.9, "P-AUPRO": None}, "abnormal_recall": 0.5},
+            {"category": "b", "values": {"I-AUROC": 0.7, "P-AUPRO": 0.6}, "abnormal_recall": None},
+        ],
+        "mean": {"I-AUROC": 0.8, "P-AUPRO": None},
+    }
+    md = summary_markdown(summary)
+    assert "| category | I-AUROC | P-AUPRO | abnormal recall (in-batch filter) |" in md
+    assert "| a | 90.0 | - | 50.0 |" in md and "| b | 70.0 | 60.0 | - |" in md
+    assert "| **mean** | 80.0 | - |  |" in md and "Data: VisA: Zou et al." in md

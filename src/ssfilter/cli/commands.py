@@ -65,6 +65,10 @@ def use_data_arg(args: argparse.Namespace, det) -> Path | None:  # noqa: ANN001 
     Returns the data to pass on: ``None`` when ``--format`` moved it into ``det`` (its default data).
     """
     if args.data is None:
+        if det.data is not None and det.data.exists():
+            from ssfilter.data.formats import resolve_data
+
+            log.info("the run's %s", resolve_data(det.data, det.data_format).describe())
         return None
     resolve_data_arg(args)
     if args.data_format is None:

@@ -153,7 +153,7 @@ def train_unified(
     _start(out, "unified", resume, overwrite)  # refuse an existing summary early
     if (run / MODEL_FILE).is_file() and not (resume or overwrite):
         raise RunExistsError(f"{run} already holds a trained model; pass --resume or --overwrite")
-    log.info("%s; one unified model", dataset.describe())
+    log.info("one unified model on %d categories: %s", len(dataset.categories), ", ".join(dataset.names))
     union: list[Sample] = []
     for category in dataset.categories:
         folder = run / "categories" / category.name
@@ -273,7 +273,6 @@ def _per_category(
             "seconds": round(previous_seconds + time.perf_counter() - started, 1),
         }
 
-    log.info("%s", dataset.describe())
     for category in dataset.categories:
         if category.name in done:
             log.info("%s: finished earlier, kept (%s)", category.name, done[category.name]["run"])
