@@ -266,7 +266,7 @@ def _per_category(
             "kind": kind,
             "format": dataset.format,
             "data": str(dataset.path),
-            "citation": get_format(dataset.format).citation,
+            "citation": get_format(dataset.format).citation_for(dataset.names),
             "columns": columns,
             "rows": rows,
             "mean": _mean_row(rows, columns),

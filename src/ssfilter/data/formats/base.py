@@ -169,6 +169,10 @@ class DataFormat(ABC):
     ) -> tuple[list[Sample], list[Sample], NoiseSplit]:
         """The noisy protocol of this format (``NoiseSplit.source`` is :meth:`split_root`)."""
 
+    def citation_for(self, names: Sequence[str]) -> str:
+        """The citation to print for a data set with these categories ("" when unknown)."""
+        return self.citation
+
     def split_root(self, category: Category) -> Path:
         """The folder a recorded split's paths are relative to (the one passed to ``apply_split``)."""
         return category.path

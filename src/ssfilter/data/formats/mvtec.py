@@ -7,13 +7,20 @@ CC BY-NC-SA 4.0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from ssfilter.data.datasets import Sample, discover, is_mvtec_layout
 from ssfilter.data.formats.base import Category, DataFormat, register_format
 from ssfilter.data.noise import NoiseSplit, softpatch_split
 
-__all__ = ["MVTecFormat"]
+__all__ = ["MVTEC_AD_CATEGORIES", "MVTecFormat"]
+
+#: The 15 categories of MVTec AD (a folder in its layout with other names is another data set).
+MVTEC_AD_CATEGORIES = frozenset(
+    ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw")
+    + ("tile", "toothbrush", "transistor", "wood", "zipper")
+)
 
 
 @register_format
@@ -26,6 +33,10 @@ class MVTecFormat(DataFormat):
     looked_for = (
         "an MVTec AD category (train/good/ or test/<type>/) or a root whose sub-folders are such categories"
     )
+
+    def citation_for(self, names: Sequence[str]) -> str:
+        """MVTec AD's citation only for its own categories: the layout is also used for other data."""
+        return self.citation if names and set(names) <= MVTEC_AD_CATEGORIES else ""
 
     def root_categories(self, path: Path) -> list[Category] | None:
         """Sub-folders in the MVTec layout, when ``path`` is not a category itself."""
