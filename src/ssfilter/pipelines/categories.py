@@ -42,6 +42,7 @@ from ssfilter.runfolder import (
     NOISE_SPLIT_FILE,
     STATE_FILE,
 )
+from ssfilter.runtime.distributed import is_main_process
 
 #: The run folder of ``--unified`` under ``OUT``; per-category splits go to ``OUT/unified/categories/<c>/``.
 UNIFIED_RUN = "unified"
@@ -257,6 +258,7 @@ def _per_category(
     overwrite: bool,
 ) -> dict[str, Any]:
     """Run ``one`` for every unfinished category, saving the summary after each; return the payload."""
+    main = is_main_process()  # under torchrun every process trains and evaluates; rank 0 writes
     done, previous_seconds = _start(out, kind, resume, overwrite)
     started = time.perf_counter()
     rows: list[Row] = []
@@ -283,10 +285,12 @@ def _per_category(
         row = one(category)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        atomic_write_json(out / SUMMARY_JSON, payload())
+        if main:
+            atomic_write_json(out / SUMMARY_JSON, payload())
     result = payload()
-    atomic_write_json(out / SUMMARY_JSON, result)
-    atomic_write_text(out / SUMMARY_MD, summary_markdown(result))
+    if main:
+        atomic_write_json(out / SUMMARY_JSON, result)
+        atomic_write_text(out / SUMMARY_MD, summary_markdown(result))
     return result
 
 
@@ -350,7 +354,8 @@ def _evaluate_model(
     result = evaluate_model(model, samples, cfg, device=device, progress=progress)
     payload = result.to_json()
     payload["skipped"] = [{"path": s.path, "reason": s.reason} for s in skipped]
-    atomic_write_json(out, payload)
+    if is_main_process():
+        atomic_write_json(out, payload)
     return dict(result.metrics)
 
 
