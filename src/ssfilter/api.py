@@ -23,6 +23,7 @@ import torch
 
 from ssfilter.config import Config, apply_overrides, get_preset, load_config, shortcut_overrides
 from ssfilter.data.datasets import Sample, discover, is_mvtec_layout
+from ssfilter.data.formats import recorded_split, resolve_category
 from ssfilter.data.images import Skipped
 from ssfilter.data.validation import prepare_training_samples, validate_samples
 from ssfilter.errors import RunExistsError
@@ -34,7 +35,7 @@ from ssfilter.pipelines.training_run import fit_run
 from ssfilter.runfolder import (
     CALIBRATION_FILE,
     FILTER_JSON,
-    NOISE_SPLIT_FILE,
+    read_data_format,
 )
 from ssfilter.runtime.distributed import is_main_process
 from ssfilter.training.checkpoint import build_model
@@ -78,6 +79,7 @@ class Detector:
         self.model = None
         self.run_dir: Path | None = None
         self.data: Path | None = None
+        self.data_format: str | None = None
 
     # -- training -------------------------------------------------------------------------------
 
@@ -93,19 +95,23 @@ class Detector:
         noise: float | None = None,
         overlap: bool = False,
         noise_seed: int = 0,
+        data_format: str | None = None,
     ) -> Detector:
         """Train on the images under ``data`` and write the run folder ``out``.
 
         Args:
-            data: An MVTec-layout category (``train/good`` is used) or any folder of images.
+            data: One category of an MVTec AD, VisA or Real-IAD data set, or any folder of images
+                (detected, see :mod:`ssfilter.data.formats`).
             out: Run folder. An existing finished run is never overwritten unless ``overwrite``.
             resume: Continue from the run's last checkpoint.
             overwrite: Allow replacing a finished run.
             progress: Show progress bars.
             stop_after: Stop after this many iterations (tests of interruption).
-            noise: Inject this share of anomalous test images into training (SoftPatch protocol).
+            noise: Noise ratio: SoftPatch injection of anomalous test images (MVTec AD, VisA) or the
+                official FUIAD list of that ratio (Real-IAD: 0.1, 0.2, 0.4).
             overlap: Keep the injected images in the test set too (the hard setting).
             noise_seed: Seed of the injected selection.
+            data_format: Read ``data`` as this format (``mvtec``, ``visa``, ``realiad``, ``folder``).
         """
         fit_run(
             self.config,
@@ -118,8 +124,9 @@ class Detector:
             noise=noise,
             overlap=overlap,
             noise_seed=noise_seed,
+            data_format=data_format,
         )
-        self.run_dir, self.data = Path(out), Path(data)
+        self.run_dir, self.data, self.data_format = Path(out), Path(data), data_format
         self.model = None
         return self
 
@@ -134,6 +141,7 @@ class Detector:
         det.model = run.model
         det.run_dir = run.path
         det.data = run.data
+        det.data_format = read_data_format(run.path)
         return det
 
     def _ensure_model(self) -> Any:
@@ -154,13 +162,13 @@ class Detector:
         progress: bool = True,
         report: str | Path | None = None,
     ) -> dict:
-        """Metrics on an MVTec-layout test split (default: the training data folder).
+        """Metrics on a labelled test split (default: the run's training category).
 
         Test images that cannot be decoded, or whose mask cannot be, are left out with a warning and
         listed under ``"skipped"`` (``[{"path", "reason"}]``); the metrics cover the other images.
 
         Args:
-            data: MVTec-layout folder (default: the run's training data folder).
+            data: A labelled category (MVTec AD, VisA, Real-IAD; default: the run's training category).
             out: JSON file to write the result to (atomically).
             progress: Show a progress bar.
             report: Folder to write an HTML report to (``report.html`` + ``report_assets/``): metric
@@ -176,12 +184,10 @@ class Detector:
             raise ValueError(
                 "no test data: pass data=... (an MVTec-layout folder with test/ and ground_truth/)"
             )
-        if not is_mvtec_layout(root):
-            raise ValueError(f"{root} is not an MVTec-layout folder (test/<type>/ with ground_truth/<type>/)")
         model = self._ensure_model()
         samples, skipped = validate_samples(self._test_samples(root), masks=True, what="test image")
         if not samples:
-            raise ValueError(f"no readable test images under {root / 'test'} ({len(skipped)} skipped)")
+            raise ValueError(f"no readable test images under {root} ({len(skipped)} skipped)")
         device = next(model.parameters()).device
         res = evaluate_model(model, samples, self.config, device=device, progress=progress)
         payload = res.to_json()
@@ -266,29 +272,21 @@ class Detector:
         """:meth:`_filter_samples` and the unreadable files left out, with their reasons."""
         if data is not None:
             return prepare_training_samples(data)
-        split_file = self.run_dir / NOISE_SPLIT_FILE if self.run_dir is not None else None
-        if split_file is not None and split_file.is_file() and self.data is not None:
-            from ssfilter.data.noise import NoiseSplit, apply_split
-
-            train = apply_split(self.data, NoiseSplit.load(split_file))[0]
-            kept, skipped = validate_samples(train, what="training image")
+        recorded = recorded_split(self.data, self.run_dir, self.data_format) if self.data else None
+        if recorded is not None:
+            kept, skipped = validate_samples(recorded[0], what="training image")
             if not kept:
                 raise ValueError(f"no readable training images in the noise split of {self.run_dir}")
             return kept, skipped
         if self.data is None:
             raise ValueError("no data to filter: pass data=... (a folder of images)")
-        return prepare_training_samples(self.data)
+        return prepare_training_samples(self.data, data_format=self.data_format)
 
     def _test_samples(self, root: Path) -> list[Sample]:
         """The test split, honouring the run's ``noise_split.json`` when it was trained on ``root``."""
-        split_file = self.run_dir / NOISE_SPLIT_FILE if self.run_dir is not None else None
-        if split_file is not None and split_file.is_file():
-            from ssfilter.data.noise import NoiseSplit, apply_split
-
-            split = NoiseSplit.load(split_file)
-            if Path(split.source).resolve() == root.resolve():
-                return apply_split(root, split)[1]
-        return discover(root, "test")
+        fmt = self.data_format if root == self.data else None
+        recorded = recorded_split(root, self.run_dir, fmt)
+        return recorded[1] if recorded is not None else resolve_category(root, fmt).samples("test")
 
     def predict(self, images: Sequence[str | Path], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """Raw image scores ``[N]`` and anomaly maps ``[N, S, S]`` (S = ``data.eval_size``) for image files.

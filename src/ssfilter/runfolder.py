@@ -31,6 +31,7 @@ __all__ = [
     "REPORT_FILE",
     "SKIPPED_FILE",
     "STATE_FILE",
+    "read_data_format",
     "read_data_root",
     "write_data_record",
 ]
@@ -66,20 +67,41 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 
 
-def write_data_record(run_dir: str | os.PathLike[str], data: str | os.PathLike[str], n_train: int) -> Path:
+def write_data_record(
+    run_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    n_train: int,
+    data_format: str | None = None,
+) -> Path:
     """Record which data a run was trained on (``data.json``), so later commands find its test split.
 
     Args:
         run_dir: The run folder.
         data: The training data's root (stored as an absolute path).
         n_train: Number of training images used.
+        data_format: The ``--format`` it was read as, when forced (``None``: detected again when read).
 
     Returns:
         The written file.
     """
     path = Path(run_dir) / DATA_FILE
-    atomic_write_json(path, {"data": str(Path(data).resolve()), "n_train": int(n_train)})
+    record: dict[str, object] = {"data": str(Path(data).resolve()), "n_train": int(n_train)}
+    if data_format is not None:
+        record["format"] = data_format
+    atomic_write_json(path, record)
     return path
+
+
+def read_data_format(run_dir: str | os.PathLike[str] | None) -> str | None:
+    """The ``--format`` recorded in a run's ``data.json``; ``None`` when absent (detect it again)."""
+    path = Path(run_dir) / DATA_FILE if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("format")
+    except (ValueError, AttributeError, OSError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def read_data_root(run_dir: str | os.PathLike[str] | None) -> Path | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import warnings
@@ -26,6 +27,9 @@ __all__ = [
 ]
 
 
+log = logging.getLogger(__name__)
+
+
 def config_from_args(args: argparse.Namespace):  # noqa: ANN202 - Config, imported lazily
     """The run configuration: preset or ``--config``, then the shortcut flags, then ``--set``."""
     from ssfilter.config import SHORTCUTS, apply_overrides, get_preset, load_config, shortcut_overrides
@@ -43,11 +47,44 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN202 - Config, import
     return cfg
 
 
+def resolve_data_arg(args: argparse.Namespace):  # noqa: ANN201 - DataSet, imported lazily
+    """The ``--data`` folder resolved (``--format``, ``--categories``); its format and categories logged."""
+    from ssfilter.data.formats import resolve_data
+
+    names = [n.strip() for n in (getattr(args, "categories", None) or "").split(",") if n.strip()]
+    dataset = resolve_data(args.data, args.data_format).select(names)
+    if names and not dataset.is_root:
+        raise ValueError(f"--categories needs a data-set root; {args.data} is one category")
+    log.info("%s", dataset.describe())
+    return dataset
+
+
+def use_data_arg(args: argparse.Namespace, det) -> Path | None:  # noqa: ANN001 - Detector, lazily
+    """``--data`` of ``evaluate`` / ``filter``, resolved and logged; a forced ``--format`` goes to ``det``.
+
+    Returns the data to pass on: ``None`` when ``--format`` moved it into ``det`` (its default data).
+    """
+    if args.data is None:
+        if det.data is not None and det.data.exists():
+            from ssfilter.data.formats import resolve_data
+
+            log.info("the run's %s", resolve_data(det.data, det.data_format).describe())
+        return None
+    resolve_data_arg(args)
+    if args.data_format is None:
+        return args.data
+    det.data, det.data_format = Path(args.data).resolve(), args.data_format
+    return None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """``ssfilter train``: train (or resume) a run folder."""
+    """``ssfilter train``: train (or resume) a run folder, or one per category of a data-set root."""
     from ssfilter.api import Detector
 
+    dataset = resolve_data_arg(args)
     cfg = config_from_args(args)
+    if dataset.is_root or args.unified:
+        return train_root(args, dataset, cfg)
     if args.resume and (args.out / "config.yaml").is_file():
         from ssfilter.config import load_config
 
@@ -66,9 +103,39 @@ def cmd_train(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         noise_seed=args.noise_seed,
         stop_after=args.stop_after,
+        data_format=args.data_format,
     )
     if is_main_process():
         print(f"trained in {time.perf_counter() - t0:.1f}s; run folder: {args.out}")
+    return 0
+
+
+def train_root(args: argparse.Namespace, dataset, cfg) -> int:  # noqa: ANN001 - DataSet, Config (lazy)
+    """``ssfilter train`` over a data-set root: one run per category, or one ``--unified`` run."""
+    from ssfilter.pipelines.categories import SUMMARY_MD, train_categories, train_unified
+
+    if args.unified and not dataset.is_root:
+        raise ValueError(
+            f"--unified needs a data-set root of several categories; {args.data} is one category"
+        )
+    if args.stop_after is not None:
+        raise ValueError("--stop-after applies to one category; over a root, interrupt and use --resume")
+    t0 = time.perf_counter()
+    (train_unified if args.unified else train_categories)(
+        dataset,
+        cfg,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        noise=args.noise,
+        overlap=args.overlap,
+        noise_seed=args.noise_seed,
+    )
+    if is_main_process():
+        print((args.out / SUMMARY_MD).read_text(encoding="utf-8"))
+        seconds = time.perf_counter() - t0
+        print(f"trained {len(dataset.categories)} categories in {seconds:.0f}s; runs in {args.out}")
     return 0
 
 
@@ -84,7 +151,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ssfilter.api import Detector
 
     det = Detector.load(args.run, device=args.device)
-    payload = det.evaluate(args.data, out=args.out, progress=not args.quiet, report=args.report)
+    data = use_data_arg(args, det)
+    payload = det.evaluate(data, out=args.out, progress=not args.quiet, report=args.report)
     print(json.dumps({"metrics": payload["metrics"], "n_test": payload["n_test"]}, indent=2))
     if args.report is not None:
         print(f"report: {args.report / 'report.html'}")
@@ -96,8 +164,9 @@ def cmd_filter(args: argparse.Namespace) -> int:
     from ssfilter.api import Detector
 
     det = Detector.load(args.run, device=args.device)
+    data = use_data_arg(args, det)
     summary = det.filter(
-        args.data,
+        data,
         args.out,
         epochs=args.epochs,
         min_keep=args.min_keep,
@@ -126,6 +195,28 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
     t0 = time.perf_counter()
+    dataset = resolve_data_arg(args)
+    if dataset.is_root:
+        from ssfilter.pipelines.categories import SUMMARY_MD, benchmark_categories
+
+        benchmark_categories(
+            dataset,
+            alphas,
+            methods,
+            config_from_args(args),
+            args.out,
+            overlap=args.overlap,
+            noise_seed=args.noise_seed,
+            progress=not args.quiet,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            protocol=protocol.name,
+        )
+        print((args.out / SUMMARY_MD).read_text(encoding="utf-8"))
+        print(
+            f"benchmark of {len(dataset.categories)} categories finished in {time.perf_counter() - t0:.0f}s"
+        )
+        return 0
     run_benchmark(
         args.data,
         alphas,
@@ -138,6 +229,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         protocol=protocol.name,
+        data_format=args.data_format,
     )
     print((args.out / "results.md").read_text(encoding="utf-8"))
     print(f"benchmark finished in {time.perf_counter() - t0:.0f}s; results in {args.out}")

@@ -51,6 +51,24 @@ def add_config_options(p: argparse.ArgumentParser, *, train: bool) -> None:
         g.add_argument("--device", default=None, help="auto (default), cpu or cuda")
 
 
+def add_data_format_options(p: argparse.ArgumentParser, *, categories: bool) -> None:
+    """``--format`` (and ``--categories`` for commands that run over a data-set root)."""
+    p.add_argument(
+        "--format",
+        dest="data_format",
+        default=None,
+        metavar="FORMAT",
+        help="read --data as mvtec, visa, realiad or folder instead of detecting the layout",
+    )
+    if categories:
+        p.add_argument(
+            "--categories",
+            default=None,
+            metavar="A,B,...",
+            help="with a data-set root: only these categories (comma separated; default all)",
+        )
+
+
 def non_negative_int(text: str) -> int:
     """Argparse type of a count that may be 0."""
     try:
@@ -65,8 +83,14 @@ def non_negative_int(text: str) -> int:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     """Arguments of ``ssfilter train``."""
     p = sub.add_parser("train", help="train a model on a folder of (mostly good) images")
-    p.add_argument("--data", type=Path, required=True, help="MVTec-layout category or any folder of images")
-    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="a category (MVTec AD, VisA, Real-IAD), a data-set root (one run per category) or any folder "
+        "of images",
+    )
+    p.add_argument("--out", type=Path, required=True, help="run folder to write (OUT/<category>/ for a root)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument(
@@ -74,7 +98,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         metavar="ALPHA",
-        help="inject int(ALPHA * n_train) anomalous test images into training (SoftPatch protocol)",
+        help="inject int(ALPHA * n_train) anomalous test images into training (SoftPatch protocol); on "
+        "Real-IAD: the official realiad_jsons_fuiad_ALPHA/ lists (0.1, 0.2, 0.4)",
     )
     p.add_argument(
         "--overlap", action="store_true", help="with --noise: keep injected images in the test set"
@@ -86,6 +111,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N",
         help="stop after iteration N as if interrupted (e.g. a job time limit); continue with --resume",
+    )
+    add_data_format_options(p, categories=True)
+    p.add_argument(
+        "--unified",
+        action="store_true",
+        help="with a data-set root: one model on the union of the categories (OUT/unified/), evaluated per "
+        "category (Dinomaly's multi-class setting)",
     )
     add_config_options(p, train=True)
 
@@ -103,6 +135,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="also write an HTML report (DIR/report.html: metrics, ROC/PRO curves, heat-maps)",
     )
+    add_data_format_options(p, categories=False)
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
 
 
@@ -123,6 +156,7 @@ def _add_filter(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--export-clean", type=Path, default=None, help="lay out the kept images as a training folder"
     )
+    add_data_format_options(p, categories=False)
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument(
         "--overwrite", action="store_true", help="replace the results of an earlier filter in --out"
@@ -131,8 +165,15 @@ def _add_filter(sub: argparse._SubParsersAction) -> None:
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     """Arguments of ``ssfilter benchmark``."""
-    p = sub.add_parser("benchmark", help="methods x noise levels on one MVTec-layout folder (paper tables)")
-    p.add_argument("--data", type=Path, required=True, help="MVTec-layout category")
+    p = sub.add_parser(
+        "benchmark", help="methods x noise levels on a category or a data-set root (paper tables)"
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="a labelled category (MVTec AD, VisA, Real-IAD) or a data-set root (one benchmark per category)",
+    )
     p.add_argument(
         "--alphas",
         default=None,
@@ -159,6 +200,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue an interrupted benchmark in --out (keeps done rows)"
     )
     p.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a benchmark")
+    add_data_format_options(p, categories=True)
     add_config_options(p, train=True)
 
 

@@ -4,8 +4,11 @@
   half (floor) of the test anomalies, are moved into the training set. ``overlap=False`` removes them from the
   test set, ``overlap=True`` keeps them there too. The choice is recorded in a :class:`NoiseSplit`
   (``RUN/noise_split.json``) so every run can be reproduced exactly, whatever library versions are installed.
-* Real-IAD: the noise is given by the dataset's ``realiad_jsons_fuiad_<alpha>/<category>.json`` lists; the
-  measured contamination of the training list is reported.
+* Real-IAD (FUIAD, the paper's main protocol): the noise is given by the dataset's own
+  ``realiad_jsons_fuiad_<alpha>/<category>.json`` lists, reproduced exactly
+  (:func:`ssfilter.data.fuiad.realiad_fuiad_split`); the measured contamination of the training list is
+  reported. One Real-IAD sample is one camera view (one image file); a part's 5 views are 5 samples for
+  training, filtering and the image metric.
 
 Injected training samples keep their true label (1) and mask: the labels are only for measuring filter
 quality; training code never reads them. Nothing here writes into the data folder.

@@ -27,13 +27,26 @@ __all__ = [
     "NoiseProtocol",
     "UnknownProtocolError",
     "balance_normals",
+    "balance_split",
     "boundary_split",
     "get_protocol",
+    "keep_split",
     "list_protocols",
     "register_protocol",
 ]
 
 SplitFunction = Callable[..., tuple[list[Sample], list[Sample], NoiseSplit]]
+#: ``(train, test, split, seed) -> (train, test, split)``: what a protocol does to a format's own noisy split.
+RefineFunction = Callable[
+    [list[Sample], list[Sample], NoiseSplit, int], tuple[list[Sample], list[Sample], NoiseSplit]
+]
+
+
+def keep_split(
+    train: list[Sample], test: list[Sample], split: NoiseSplit, seed: int
+) -> tuple[list[Sample], list[Sample], NoiseSplit]:
+    """The refinement of the ``softpatch`` protocol: a format's noisy split as it is."""
+    return train, test, split
 
 
 class UnknownProtocolError(SSFilterError, ValueError):
@@ -49,19 +62,22 @@ class NoiseProtocol:
         split: ``(root, alpha, *, overlap, seed) -> (train, test, NoiseSplit)``.
         default_alphas: Noise levels ``benchmark`` runs when ``--alphas`` is not given.
         summary: One line for help texts.
+        refine: What the protocol does to any format's own noisy split (SoftPatch injection for MVTec
+            AD / VisA / folders, the FUIAD lists for Real-IAD); ``benchmark`` applies it per category.
     """
 
     name: str
     split: SplitFunction
     default_alphas: tuple[float, ...]
     summary: str
+    refine: RefineFunction = keep_split
 
 
 _REGISTRY: dict[str, NoiseProtocol] = {}
 
 
 def register_protocol(
-    name: str, *, default_alphas: Sequence[float], summary: str
+    name: str, *, default_alphas: Sequence[float], summary: str, refine: RefineFunction = keep_split
 ) -> Callable[[SplitFunction], SplitFunction]:
     """Function decorator: register a split function as the noise protocol ``name``.
 
@@ -75,7 +91,7 @@ def register_protocol(
         old = _REGISTRY.get(name)
         if old is not None and old.split is not fn:
             raise ValueError(f"noise protocol {name!r} is already registered")
-        _REGISTRY[name] = NoiseProtocol(name, fn, tuple(float(a) for a in default_alphas), summary)
+        _REGISTRY[name] = NoiseProtocol(name, fn, tuple(float(a) for a in default_alphas), summary, refine)
         return fn
 
     return decorate
@@ -125,10 +141,35 @@ def balance_normals(train: Sequence[Sample], seed: int) -> list[Sample]:
     return [s for i, s in enumerate(train) if s.label == LABEL_ANOMALOUS or i in keep]
 
 
+def balance_split(
+    train: list[Sample], test: list[Sample], split: NoiseSplit, seed: int
+) -> tuple[list[Sample], list[Sample], NoiseSplit]:
+    """The refinement of the ``boundary`` protocol: keep as many normal training images as anomalies.
+
+    Raises:
+        ValueError: The split injected no anomaly (the training set would be empty).
+    """
+    if not split.injected:
+        raise ValueError(
+            f"the boundary protocol needs at least one injected anomaly; alpha={split.alpha:g} injects none "
+            f"from {split.source}"
+        )
+    train = balance_normals(train, seed)
+    split.train = [s.path for s in train]
+    split.meta = {
+        **split.meta,
+        "protocol": "boundary",
+        "n_train_normal": sum(s.label == LABEL_NORMAL for s in train),
+        "noise_rate": contamination(train)["noise_rate"],
+    }
+    return train, test, split
+
+
 @register_protocol(
     "boundary",
     default_alphas=(0.4,),
     summary="as softpatch, then normal training images reduced to the number injected (50% noise; Table 10)",
+    refine=balance_split,
 )
 def boundary_split(
     root: str | os.PathLike[str], alpha: float, *, overlap: bool, seed: int = 0
@@ -143,18 +184,4 @@ def boundary_split(
     Raises:
         ValueError: ``alpha`` is 0 or the category has no test anomaly to inject (the set would be empty).
     """
-    train, test, split = softpatch_split(root, alpha, overlap=overlap, seed=seed)
-    if not split.injected:
-        raise ValueError(
-            f"the boundary protocol needs at least one injected anomaly; alpha={alpha:g} injects none "
-            f"from {root}"
-        )
-    train = balance_normals(train, seed)
-    split.train = [s.path for s in train]
-    split.meta = {
-        **split.meta,
-        "protocol": "boundary",
-        "n_train_normal": sum(s.label == LABEL_NORMAL for s in train),
-        "noise_rate": contamination(train)["noise_rate"],
-    }
-    return train, test, split
+    return balance_split(*softpatch_split(root, alpha, overlap=overlap, seed=seed), seed)

@@ -7,15 +7,18 @@ in ``skipped.csv`` instead of failing half-way.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssfilter.data.datasets import Sample, discover, is_mvtec_layout
+from ssfilter.data.datasets import Sample
 from ssfilter.data.images import ImageReadError, Skipped, read_mask, validate_images, write_skipped_csv
 from ssfilter.runfolder import NOISE_SPLIT_FILE, SKIPPED_FILE
 
 __all__ = ["prepare_training_samples", "validate_samples"]
+
+log = logging.getLogger(__name__)
 
 _LISTED = 10  # skipped files named in the warning; skipped.csv lists all of them
 
@@ -27,25 +30,26 @@ def prepare_training_samples(
     noise: float | None = None,
     overlap: bool = False,
     noise_seed: int = 0,
+    data_format: str | None = None,
 ) -> tuple[list[Sample], list[Skipped]]:
-    """Training images of a dataset folder with unreadable files removed and reported.
+    """Training images of one data-set category with unreadable files removed and reported.
 
-    With ``noise`` (the SoftPatch protocol, SPEC §7) anomalous test images of an MVTec-layout folder
-    are injected into the training set and the split is written to ``run_dir/noise_split.json``.
-    The skipped files and their reasons go to ``run_dir/skipped.csv`` when a run folder is given.
+    ``data`` is detected (or read as ``data_format``) by :func:`~ssfilter.data.formats.resolve_category`:
+    an MVTec AD, VisA or Real-IAD category, or a plain folder. With ``noise`` the format's noise protocol
+    builds the training set (SoftPatch injection for MVTec AD and VisA, the official FUIAD list for
+    Real-IAD) and the split is written to ``run_dir/noise_split.json``. The skipped files and their
+    reasons go to ``run_dir/skipped.csv`` when a run folder is given.
     """
-    if noise is not None:
-        from ssfilter.data.noise import softpatch_split
+    from ssfilter.data.formats import resolve_category
 
-        if not is_mvtec_layout(data):
-            raise ValueError(
-                f"--noise needs an MVTec-layout folder (train/good, test/<type>); {data} is not one"
-            )
-        samples, _, split = softpatch_split(data, noise, overlap=overlap, seed=noise_seed)
+    category = resolve_category(data, data_format)
+    log.info("data: %s category '%s' (%s)", category.format, category.name, category.path)
+    if noise is not None:
+        samples, _, split = category.noisy_split(noise, overlap=overlap, seed=noise_seed)
         if run_dir is not None:
             split.save(Path(run_dir) / NOISE_SPLIT_FILE)
     else:
-        samples = discover(data, "train")
+        samples = category.samples("train")
     kept, skipped = validate_samples(samples, what="training image")
     if run_dir is not None:
         write_skipped_csv(skipped, Path(run_dir) / SKIPPED_FILE)

@@ -29,7 +29,8 @@ from typing import Any
 
 from ssfilter.config import Config
 from ssfilter.data.datasets import Sample
-from ssfilter.data.noise import NoiseSplit
+from ssfilter.data.formats import Category, resolve_category
+from ssfilter.data.noise_protocols import RefineFunction
 from ssfilter.errors import RunExistsError
 from ssfilter.io import atomic_write_json, atomic_write_text
 from ssfilter.pipelines.methods import (
@@ -59,12 +60,13 @@ def run_benchmark(
     resume: bool = False,
     overwrite: bool = False,
     protocol: str = "softpatch",
+    data_format: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every method at every noise level; write results.json and results.md.
 
     Args:
-        data: MVTec-layout category folder.
-        alphas: Noise levels of the noise protocol.
+        data: One labelled category (MVTec AD, VisA, Real-IAD; see :mod:`ssfilter.data.formats`).
+        alphas: Noise levels of the format's protocol (SoftPatch; Real-IAD: its FUIAD lists).
         methods: Method names (see :func:`~ssfilter.pipelines.methods.parse_methods`).
         cfg: Configuration shared by all methods.
         out: Output folder.
@@ -74,6 +76,7 @@ def run_benchmark(
         resume: Continue an interrupted benchmark in ``out`` (finished rows are kept, not recomputed).
         overwrite: Start over in an ``out`` that already holds a (finished or interrupted) benchmark.
         protocol: Noise protocol name (see :func:`~ssfilter.data.noise_protocols.get_protocol`).
+        data_format: Read ``data`` as this format instead of detecting it.
 
     Returns:
         The ``results.json`` payload.
@@ -86,8 +89,9 @@ def run_benchmark(
     from ssfilter.data.noise_protocols import get_protocol
 
     methods = parse_methods(methods)
-    split = get_protocol(protocol).split
+    refine = get_protocol(protocol).refine
     out = Path(out)
+    category = resolve_category(data, data_format)
     rows, previous_seconds = _start(out, overlap, resume, overwrite, protocol)
     started = time.perf_counter()
 
@@ -101,8 +105,7 @@ def run_benchmark(
     for alpha in alphas:
         todo = [m for m in methods if not any(r["method"] == m and r["alpha"] == alpha for r in rows)]
         if todo:
-            noisy = split(data, alpha, overlap=overlap, seed=noise_seed)
-            _run_alpha(noisy, alpha, todo, cfg, out, overlap, progress, resume, save)
+            _run_alpha(category, alpha, todo, cfg, out, overlap, noise_seed, progress, resume, save, refine)
     payload = {"rows": rows, "seconds": elapsed(), "data": str(data), "protocol": protocol}
     atomic_write_json(out / "results.json", payload)
     atomic_write_text(out / "results.md", results_markdown(rows))
@@ -143,19 +146,21 @@ def _start(
 
 
 def _run_alpha(
-    noisy: tuple[list[Sample], list[Sample], NoiseSplit],
+    category: Category,
     alpha: float,
     todo: Sequence[str],
     cfg: Config,
     out: Path,
     overlap: bool,
+    noise_seed: int,
     progress: bool,
     resume: bool,
     save: Callable[[dict[str, Any]], None],
+    refine: RefineFunction,
 ) -> None:
     """Run the unfinished methods ``todo`` at noise level ``alpha``; ``save`` each row as it finishes.
 
-    ``noisy`` is the protocol's ``(train, test, split)`` of this alpha.
+    The noisy split is the category's own (its format's protocol) refined by the noise protocol's ``refine``.
 
     The shared SSFilter run is trained first when a method needs it or a ``+filter`` method runs, then
     the dataset-level filter when a ``+filter`` method runs, then every method in order.
@@ -163,7 +168,7 @@ def _run_alpha(
     from ssfilter.data.noise import contamination
 
     registry = method_registry()
-    train, test, split = noisy
+    train, test, split = refine(*category.noisy_split(alpha, overlap=overlap, seed=noise_seed), noise_seed)
     folder = out / f"alpha_{alpha:g}"
     split.save(folder / NOISE_SPLIT_FILE)
     train, test = _readable(train, test, folder)

@@ -7,9 +7,11 @@ run folder without importing the API on top of them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from ssfilter.config import Config
+from ssfilter.data.datasets import Sample
 from ssfilter.data.validation import prepare_training_samples
 from ssfilter.errors import RunExistsError
 from ssfilter.io import atomic_write_json
@@ -25,7 +27,7 @@ from ssfilter.runtime.distributed import is_main_process
 from ssfilter.training.filter_log import summarize_filter_log
 from ssfilter.training.trainer import Trainer, TrainResult
 
-__all__ = ["fit_run"]
+__all__ = ["fit_run", "fit_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +44,24 @@ def fit_run(
     noise: float | None = None,
     overlap: bool = False,
     noise_seed: int = 0,
+    data_format: str | None = None,
 ) -> TrainResult:
     """Train on the images under ``data`` and write the run folder ``run`` (what ``Detector.fit`` does).
 
     Args:
         cfg: The run's configuration.
-        data: An MVTec-layout category (``train/good`` is used) or any folder of images.
+        data: One data-set category (MVTec AD, VisA, Real-IAD; see :mod:`ssfilter.data.formats`) or any
+            folder of images.
         run: Run folder. An existing finished run is never overwritten unless ``overwrite``.
         resume: Continue from the run's last checkpoint.
         overwrite: Allow replacing a finished run.
         progress: Show progress bars.
         stop_after: Stop after this many iterations (tests of interruption).
-        noise: Inject this share of anomalous test images into training (SoftPatch protocol).
+        noise: Noise ratio of the format's protocol: SoftPatch injection of anomalous test images (MVTec AD,
+            VisA), the official FUIAD list (Real-IAD).
         overlap: Keep the injected images in the test set too (the hard setting).
         noise_seed: Seed of the injected selection.
+        data_format: Read ``data`` as this format (``--format``) instead of detecting it.
 
     Raises:
         RunExistsError: ``run`` holds a trained model and neither ``resume`` nor ``overwrite`` is set.
@@ -75,12 +81,46 @@ def fit_run(
         saved = NoiseSplit.load(run / NOISE_SPLIT_FILE)
         noise, overlap, noise_seed = saved.alpha, saved.overlap, saved.seed
     samples, _ = prepare_training_samples(
-        data, run if main else None, noise=noise, overlap=overlap, noise_seed=noise_seed
+        data,
+        run if main else None,
+        noise=noise,
+        overlap=overlap,
+        noise_seed=noise_seed,
+        data_format=data_format,
     )
-    result = Trainer(cfg, samples, run, progress=progress, stop_after=stop_after).fit(resume=resume)
-    if not main:
+    return fit_samples(
+        cfg,
+        samples,
+        run,
+        data,
+        resume=resume,
+        progress=progress,
+        stop_after=stop_after,
+        data_format=data_format,
+    )
+
+
+def fit_samples(
+    cfg: Config,
+    samples: Sequence[Sample],
+    run: Path,
+    data: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    data_format: str | None = None,
+) -> TrainResult:
+    """Train on ready ``samples`` into ``run``; record ``data``, summarise the filter, calibrate.
+
+    The second half of :func:`fit_run`, also used to train one model on the union of several categories
+    (``--unified``). ``samples`` are readable already (see
+    :func:`~ssfilter.data.validation.prepare_training_samples`).
+    """
+    result = Trainer(cfg, list(samples), run, progress=progress, stop_after=stop_after).fit(resume=resume)
+    if not is_main_process():
         return result
-    write_data_record(run, data, len(samples))
+    write_data_record(run, data, len(samples), data_format)
     finished = result.iterations == cfg.train.iters
     if (run / FILTER_LOG_FILE).is_file() and finished:
         _summarize_filter(run)
