@@ -64,7 +64,9 @@ def test_page_inspects_uploaded_images(
     files = [s.path for s in discover(synthetic_mvtec, "test")]
     page.goto(served + "/")
     page.wait_for_function("document.getElementById('model').textContent.includes('backend torch')")
-    page.set_input_files("#pick", files)
+    with page.expect_response(lambda r: "/predict" in r.url) as response:
+        page.set_input_files("#pick", files)
+    answer = response.value.json()
     page.wait_for_selector("#status[data-state=done]", timeout=60_000)
     cards = page.locator("#results .card")
     assert cards.count() == len(files)
@@ -79,6 +81,10 @@ def test_page_inspects_uploaded_images(
     widths = page.eval_on_selector_all("#results img.overlay", "imgs => imgs.map((i) => i.naturalWidth)")
     assert widths == [p.width for p in expected] and all(w > 0 for w in widths)
     assert page.evaluate(_BROKEN_IMAGES) == []
+    assert shown == [r["label"] for r in answer["images"]]
+    for i, record in enumerate(answer["images"]):  # one table row per defect region, when reported
+        rows = cards.nth(i).locator(".regions tbody tr").count()
+        assert rows == len(record.get("regions") or [])
     assert problems == []
 
 
@@ -155,4 +161,49 @@ def test_report_loads_in_chromium(browser_page, reports: dict[str, Path], name: 
     assert n_images == reports[name].read_text(encoding="utf-8").count("<img ")
     if name in ("evaluate", "demo"):  # heat-map tiles; filter pages show thumbnails of removed images only
         assert n_images > 0
+    assert problems == []
+
+
+def test_page_tables_the_defect_regions(
+    browser_page, run: Path, synthetic_mvtec: Path, loopback_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The region table shows each region of a record (records given fixed regions here)."""
+    from ssfilter.inference import server
+
+    regions = [
+        {
+            "x0": 3,
+            "y0": 4,
+            "x1": 20,
+            "y1": 14,
+            "area": 120,
+            "area_percent": 2.93,
+            "peak_score": 0.91,
+            "mean_score": 0.66,
+        },
+        {
+            "x0": 40,
+            "y0": 41,
+            "x1": 44,
+            "y1": 47,
+            "area": 18,
+            "area_percent": 0.44,
+            "peak_score": 0.58,
+            "mean_score": 0.53,
+        },
+    ]
+    plain = server.prediction_record
+    monkeypatch.setattr(server, "prediction_record", lambda p, o=None: {**plain(p, o), "regions": regions})
+    page, problems = browser_page
+    with loopback_server(create_app(load_backend("torch", run, device="cpu"))) as base:
+        page.goto(base + "/")
+        page.set_input_files("#pick", [s.path for s in discover(synthetic_mvtec, "test")][:1])
+        page.wait_for_selector("#status[data-state=done]", timeout=60_000)
+    rows = page.eval_on_selector_all(
+        ".card .regions tbody tr", "rows => rows.map((r) => Array.from(r.cells, (c) => c.textContent))"
+    )
+    assert rows == [
+        ["1", "(3, 4)-(20, 14)", "120", "2.93", "0.910", "0.660"],
+        ["2", "(40, 41)-(44, 47)", "18", "0.44", "0.580", "0.530"],
+    ]
     assert problems == []
