@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -227,31 +229,25 @@ def test_a_full_queue_answers_503_and_one_thread_computes(
         assert_alive(base)
 
 
-_TORCH_FREE_SERVE = """
-import sys
-sys.modules["torch"] = None  # any `import torch` now raises ImportError
-from ssfilter.cli import main
-sys.exit(main(["serve", "--onnx", sys.argv[1], "--port", sys.argv[2]]))
-"""
+_TORCH_FREE = 'import sys; sys.modules["torch"] = None; '  # any `import torch` now raises ImportError
+_CLI = "from ssfilter.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-def test_onnx_backend_serves_without_torch(
-    run: Path, images: list[Path], tmp_path: Path, url: str, loopback_port
-) -> None:
-    pytest.importorskip("onnxruntime")
-    model = Detector.load(run, device="cpu").export(tmp_path / "model.onnx")
-    port = loopback_port()
+@contextlib.contextmanager
+def cli_server(args: list[str], port: int, prelude: str = "import sys; "):
+    """``ssfilter serve ARGS --port PORT`` in its own process group; yields (base URL, output lines)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _TORCH_FREE_SERVE, str(model), str(port)],
+        [sys.executable, "-c", prelude + _CLI, "serve", *args, "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        start_new_session=True,
     )
-    base = f"http://127.0.0.1:{port}"
+    base, output = f"http://127.0.0.1:{port}", []
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, proc.communicate()[0]
             try:
@@ -259,8 +255,20 @@ def test_onnx_backend_serves_without_torch(
                     break
             except (urllib.error.URLError, ConnectionError):
                 pass
-            assert time.monotonic() < deadline, "the ONNX server did not start"
+            assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.2)
+        yield base, output
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and, with --workers, its worker processes
+        output.extend(proc.communicate(timeout=60)[0].splitlines())
+
+
+def test_onnx_backend_serves_without_torch(
+    run: Path, images: list[Path], tmp_path: Path, url: str, loopback_port
+) -> None:
+    pytest.importorskip("onnxruntime")
+    model = Detector.load(run, device="cpu").export(tmp_path / "model.onnx")
+    with cli_server(["--onnx", str(model)], loopback_port(), _TORCH_FREE) as (base, output):
         status, info = request(base, "/info")
         assert status == 200 and info["backend"] == "onnx" and info["source"] == str(model)
         assert "calibration" not in info["config"] and info["config"]["crop"] == 64
@@ -273,7 +281,23 @@ def test_onnx_backend_serves_without_torch(
             assert a["overlay"].startswith("data:image/png;base64,")
         assert post_files(base, [("x.png", b"not an image")])[0] == 400
         assert_alive(base)
-    finally:
-        proc.terminate()
-        output = proc.communicate(timeout=30)[0]
-    assert "serving onnx model" in output and "Traceback" not in output, output
+    text = "\n".join(output)
+    assert "serving onnx model" in text and "Traceback" not in text, text
+
+
+@pytest.mark.slow
+def test_cli_serves_a_run_with_two_worker_processes(
+    run: Path, images: list[Path], url: str, loopback_port
+) -> None:
+    files = [(p.name, p.read_bytes()) for p in images[:2]]
+    _, expected = post_files(url, files)
+    with cli_server(["--run", str(run), "--workers", "2", "--device", "cpu"], loopback_port()) as (base, out):
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: post_files(base, files), range(4)))
+        assert all(status == 200 for status, _ in answers)
+        for _, answer in answers:
+            assert [r["label"] for r in answer["images"]] == [r["label"] for r in expected["images"]]
+            for a, b in zip(answer["images"], expected["images"], strict=True):
+                assert a["raw_score"] == pytest.approx(b["raw_score"], rel=1e-5)
+    text = "\n".join(out)
+    assert "serving torch model" in text and text.count("Application startup complete") == 2, text
