@@ -159,3 +159,14 @@ def test_backend_registry_builds_the_cli_options(monkeypatch: pytest.MonkeyPatch
         build_parser().parse_args(["serve", "--run", "r", "--onnx", "m.onnx"])  # exactly one model
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve"])
+
+
+def test_serve_refuses_a_missing_model_before_binding(tmp_path, capsys) -> None:
+    from ssfilter.cli import main
+
+    assert main(["serve", "--run", str(tmp_path / "no_run")]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main(["serve", "--onnx", str(tmp_path / "no.onnx")]) == 2
+    assert "no.onnx' does not exist" in capsys.readouterr().err
+    assert main(["serve", "--onnx", "x.onnx", "--max-body-mb", "0"]) == 2
+    assert "--max-body-mb must be positive" in capsys.readouterr().err
