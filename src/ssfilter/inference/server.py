@@ -19,7 +19,8 @@ runs a model or a decoder, and a full queue answers 503 at once. Images are deco
 :func:`ssfilter.data.images.decode_image` (the same rules and pixel limit as ``predict``); nothing is
 written to disk. Bad input gets a 4xx and a one-line JSON ``{"error": reason}``: 400 (not an image,
 truncated, empty, malformed form), 413 (body over ``max_body_bytes``, more than ``max_images`` images,
-or an image over the pixel limit), 415 (another content type), 503 (queue full).
+or an image over the pixel limit), 415 (another content type), 503 (queue full); a failure of the
+model itself answers 500 with its reason and is logged.
 """
 
 from __future__ import annotations
@@ -341,6 +342,11 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> Starl
         assert isinstance(exc, HTTPException)
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=headers)
 
+    async def failed(request: Request, exc: Exception) -> Response:
+        logger.error("failed %s %s", request.method, request.url.path, exc_info=exc)
+        reason = " ".join(f"internal error: {type(exc).__name__}: {exc}".split())
+        return JSONResponse({"error": reason}, status_code=500, headers=headers)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncGenerator[None, None]:
         logger.info("serving %s model %s", backend.name, backend.source)
@@ -354,7 +360,7 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> Starl
         Route("/info", info, methods=["GET"]),
         Route("/predict", predict, methods=["POST"]),
     ]
-    handlers = {RequestError: refused, HTTPException: http_error}
+    handlers = {RequestError: refused, HTTPException: http_error, Exception: failed}
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
 
 

@@ -170,3 +170,31 @@ def test_serve_refuses_a_missing_model_before_binding(tmp_path, capsys) -> None:
     assert "no.onnx' does not exist" in capsys.readouterr().err
     assert main(["serve", "--onnx", "x.onnx", "--max-body-mb", "0"]) == 2
     assert "--max-body-mb must be positive" in capsys.readouterr().err
+
+
+def test_a_model_failure_answers_500_and_serving_goes_on(loopback_server) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from ssfilter.inference.backends import Backend
+    from ssfilter.inference.calibration import Calibration
+    from ssfilter.inference.server import create_app
+
+    class Failing:
+        calibration = Calibration(1.0, 0.0, 2.0, 1.0, 0.0, 2.0, rule="test", source="manual", n_images=1)
+
+        def predict_images(self, images, names):  # noqa: ANN001, ANN202
+            raise RuntimeError("out of memory\non the device")
+
+    app = create_app(Backend("failing", "nowhere", Failing(), 64, 64))
+    png = _encode(Image.new("RGB", (8, 8)), "PNG")
+    with loopback_server(app) as base:
+        req = urllib.request.Request(base + "/predict", data=png, headers={"Content-Type": "image/png"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert err.value.code == 500
+        body = json.loads(err.value.read())
+        assert body == {"error": "internal error: RuntimeError: out of memory on the device"}
+        with urllib.request.urlopen(base + "/health", timeout=30) as res:
+            assert json.loads(res.read()) == {"status": "ok", "queued": 0}
