@@ -80,6 +80,7 @@ _CSP = (
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _RAW_TYPES = ("application/octet-stream",)
+_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 T = TypeVar("T")
 
 
@@ -291,6 +292,26 @@ def _flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+async def _refused(request: Request, exc: Exception) -> Response:
+    """A :class:`RequestError` as its status and a one-line JSON reason."""
+    assert isinstance(exc, RequestError)
+    logger.warning("refused %s %s: %d %s", request.method, request.url.path, exc.status, exc.reason)
+    return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=_HEADERS)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (404, 405) in the same JSON shape."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=_HEADERS)
+
+
+async def _failed(request: Request, exc: Exception) -> Response:
+    """Anything else: 500 with a one-line reason; the traceback goes to the log."""
+    logger.error("failed %s %s", request.method, request.url.path, exc_info=exc)
+    reason = " ".join(f"internal error: {type(exc).__name__}: {exc}".split())
+    return JSONResponse({"error": reason}, status_code=500, headers=_HEADERS)
+
+
 def create_app(backend: Backend, settings: ServeSettings | None = None) -> Starlette:
     """The ASGI app serving one loaded model.
 
@@ -301,7 +322,7 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> Starl
     settings = settings or ServeSettings()
     queue = InferenceQueue(settings.queue_size)
     static = _static_files()
-    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+    headers = _HEADERS
 
     async def predict(request: Request) -> Response:
         uploads = await parse_uploads(request, settings)
@@ -333,20 +354,6 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> Starl
         extra = {"Content-Security-Policy": _CSP} if name == "index.html" else {}
         return Response(static[name], media_type=_STATIC[name], headers={**headers, **extra})
 
-    async def refused(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestError)
-        logger.warning("refused %s %s: %d %s", request.method, request.url.path, exc.status, exc.reason)
-        return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=headers)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=headers)
-
-    async def failed(request: Request, exc: Exception) -> Response:
-        logger.error("failed %s %s", request.method, request.url.path, exc_info=exc)
-        reason = " ".join(f"internal error: {type(exc).__name__}: {exc}".split())
-        return JSONResponse({"error": reason}, status_code=500, headers=headers)
-
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncGenerator[None, None]:
         logger.info("serving %s model %s", backend.name, backend.source)
@@ -360,7 +367,7 @@ def create_app(backend: Backend, settings: ServeSettings | None = None) -> Starl
         Route("/info", info, methods=["GET"]),
         Route("/predict", predict, methods=["POST"]),
     ]
-    handlers = {RequestError: refused, HTTPException: http_error, Exception: failed}
+    handlers = {RequestError: _refused, HTTPException: _http_error, Exception: _failed}
     return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
 
 
