@@ -134,3 +134,112 @@ def make_tiny_config():
 def tiny_config(make_tiny_config):
     """A config for the tiny random ViT at 64 px: trains a few iterations in about a second."""
     return make_tiny_config()
+
+
+# -- a server on a loopback port and a real headless browser (tests of `ssfilter serve` and the reports) --
+
+#: Debian's package names first; tests needing a browser skip when none is found.
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome")
+#: Chromium switches for a sandbox-less, GPU-less, offline test machine.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def find_chromium() -> str | None:
+    """The system Chromium binary, or ``None``."""
+    import shutil
+
+    for name in BROWSER_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, timeout: float = 30.0):
+    """Run an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+
+
+@pytest.fixture(scope="session")
+def chromium_browser():
+    """Headless system Chromium driven by Playwright (no browser download); skips when unavailable."""
+    path = find_chromium()
+    if path is None:
+        pytest.skip("no chromium binary on PATH (apt-get install chromium; scripts/setup.sh does it as root)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (dev extra)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def browser_page(chromium_browser):
+    """A fresh page and the list of problems it reports: console errors, page errors, failed loads."""
+    context = chromium_browser.new_context()
+    page = context.new_page()
+    problems: list[str] = []
+    page.on(
+        "console",
+        lambda msg: problems.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None,
+    )
+    page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+    page.on("requestfailed", lambda req: problems.append(f"failed to load {req.url}: {req.failure}"))
+    page.on(
+        "response",
+        lambda res: problems.append(f"HTTP {res.status} for {res.url}") if res.status >= 400 else None,
+    )
+    try:
+        yield page, problems
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def loopback_server():
+    """:func:`serve_in_thread`, as a fixture (test modules do not import conftest)."""
+    return serve_in_thread
+
+
+@pytest.fixture(scope="session")
+def loopback_port():
+    """:func:`free_port`, as a fixture."""
+    return free_port

@@ -27,6 +27,7 @@ _COMMANDS = {
     "predict": commands.cmd_predict,
     "calibrate": commands.cmd_calibrate,
     "export": commands.cmd_export,
+    "serve": commands.cmd_serve,
 }
 
 

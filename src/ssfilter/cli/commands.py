@@ -22,6 +22,7 @@ __all__ = [
     "cmd_filter",
     "cmd_info",
     "cmd_predict",
+    "cmd_serve",
     "cmd_train",
     "config_from_args",
 ]
@@ -259,6 +260,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not report.records:
         print(f"error: no readable image among the inputs; see {args.out / 'skipped.csv'}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``ssfilter serve``: load the model once, then answer HTTP requests until interrupted."""
+    from ssfilter.inference.backends import BACKENDS, load_backend
+
+    name, source = next(
+        (n, getattr(args, f"backend_{n}")) for n in BACKENDS if getattr(args, f"backend_{n}") is not None
+    )
+    try:
+        from ssfilter.inference.server import ServeSettings, serve
+    except ImportError as err:
+        print(f"error: {err}; install the server with: pip install 'ssfilter[serve]'", file=sys.stderr)
+        return 2
+    if args.max_body_mb <= 0:
+        raise ValueError(f"--max-body-mb must be positive, got {args.max_body_mb}")
+    settings = ServeSettings(
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_images=args.max_images, queue_size=args.queue
+    )
+    backend = load_backend(name, source, device=args.device, threshold=args.threshold)
+    print(f"serving {backend.name} model {backend.source} on http://{args.host}:{args.port}/", flush=True)
+    serve(
+        backend,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        settings=settings,
+        device=args.device,
+        threshold=args.threshold,
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ssfilter.config import PRESETS
+from ssfilter.inference.backends import BACKENDS
 from ssfilter.training.methods import list_methods
 from ssfilter.version import VERSION
 
@@ -266,6 +267,52 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def positive_int(text: str) -> int:
+    """Argparse type of a count that is at least 1."""
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    """Arguments of ``ssfilter serve``: one option per registered back end, exactly one required."""
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP: POST /predict, GET /health, GET /info, an inspection page at /",
+        description="Load the model once and answer HTTP requests (needs the serve extra: "
+        "pip install 'ssfilter[serve]'). Images are handled in memory; nothing is written to disk.",
+    )
+    model = p.add_mutually_exclusive_group(required=True)
+    for spec in BACKENDS.values():
+        model.add_argument(spec.option, dest=f"backend_{spec.name}", metavar=spec.metavar, help=spec.help)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="server processes, each with its own copy of the model (default 1)",
+    )
+    p.add_argument("--device", default="auto", help="for --run: auto (default), cpu or cuda")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="raw image threshold overriding the calibrated one"
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=64.0,
+        help="largest request body in MiB (default 64); larger requests get 413",
+    )
+    p.add_argument("--max-images", type=positive_int, default=16, help="most images per request (default 16)")
+    p.add_argument(
+        "--queue",
+        type=positive_int,
+        default=8,
+        help="most requests admitted at once, the running one included (default 8); more get 503",
+    )
+
+
 def _add_info(sub: argparse._SubParsersAction) -> None:
     """Arguments of ``ssfilter info``."""
     p = sub.add_parser("info", help="parameter count and GFLOPs of a configuration (JSON)")
@@ -295,6 +342,7 @@ _SUBCOMMANDS = (
     _add_predict,
     _add_calibrate,
     _add_export,
+    _add_serve,
     _add_info,
     _add_demo,
 )

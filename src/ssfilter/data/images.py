@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -46,6 +47,7 @@ __all__ = [
     "PIXEL_LIMIT_ENV",
     "ImageReadError",
     "Skipped",
+    "decode_image",
     "pixel_limit",
     "read_image",
     "read_mask",
@@ -140,6 +142,17 @@ def _open_fully(path: Path) -> Image.Image:
     except OSError as exc:
         raise ImageReadError(path, f"cannot open file ({_describe(exc)})") from exc
     try:
+        return _decode(fh, path, limit)
+    finally:
+        fh.close()
+
+
+def _decode(fh: BinaryIO, path: str | os.PathLike[str], limit: int | None) -> Image.Image:
+    """Fully decode an open binary stream; apply EXIF orientation; map every failure to ImageReadError.
+
+    ``path`` names the image in messages (a file, or an upload's name); ``limit`` is the pixel limit.
+    """
+    try:
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             previous = Image.MAX_IMAGE_PIXELS
@@ -150,7 +163,7 @@ def _open_fully(path: Path) -> Image.Image:
                 Image.MAX_IMAGE_PIXELS = previous
         # Decode now: truncated or corrupt pixel data must fail here, not in a DataLoader worker.
         image.load()
-        return _exif_transposed(image, path)
+        return _exif_transposed(image, Path(path))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError(
             path,
@@ -167,8 +180,6 @@ def _open_fully(path: Path) -> Image.Image:
         if "truncated" in reason.lower():
             reason = f"file is truncated ({reason})"
         raise ImageReadError(path, f"decoding failed ({reason})") from exc
-    finally:
-        fh.close()
 
 
 def _exif_transposed(image: Image.Image, path: Path) -> Image.Image:
@@ -265,6 +276,25 @@ def read_image(path: str | os.PathLike[str]) -> Image.Image:
     """
     file = Path(path)
     return _to_rgb(_open_fully(file), file)
+
+
+def decode_image(data: bytes, name: str = "<upload>") -> Image.Image:
+    """Decode image bytes held in memory (e.g. an upload) exactly as :func:`read_image` reads a file.
+
+    The same decoder, pixel limit (:func:`pixel_limit`), EXIF rule and RGB conversion apply; nothing
+    touches the disk.
+
+    Args:
+        data: The encoded image (PNG, JPEG, TIFF, ...).
+        name: What error messages call the image (e.g. the uploaded file name).
+
+    Raises:
+        ImageReadError: For empty, truncated, corrupt, oversized or non-image data.
+        ValueError: When :data:`PIXEL_LIMIT_ENV` is malformed.
+    """
+    if not data:
+        raise ImageReadError(name, "file is empty (0 bytes)")
+    return _to_rgb(_decode(io.BytesIO(data), name, pixel_limit()), Path(name))
 
 
 def read_mask(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:

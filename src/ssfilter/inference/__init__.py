@@ -13,5 +13,7 @@ One job per module, importing only from the layers below (never :mod:`ssfilter.a
   its heat-map and mask (torch-free);
 * :mod:`~ssfilter.inference.export`: ONNX export, with :mod:`~ssfilter.inference.graph` (the exported
   computation) and :mod:`~ssfilter.inference.parity` (the ONNX Runtime vs PyTorch gate);
-  :mod:`~ssfilter.inference.onnx_predictor`: running an export without torch.
+  :mod:`~ssfilter.inference.onnx_predictor`: running an export without torch;
+* :mod:`~ssfilter.inference.backends`: the models ``ssfilter serve`` can run (a registry);
+  :mod:`~ssfilter.inference.server`: the HTTP server and its page (``static/``).
 """

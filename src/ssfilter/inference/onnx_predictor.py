@@ -213,29 +213,63 @@ class OnnxPredictor:
         Raises:
             CalibrationError: when the file carries no calibration (export it from a calibrated run).
         """
-        cal = self.calibration
-        if cal is None:
-            raise CalibrationError(
-                f"{self.path} has no embedded calibration: use predict_raw(), or re-export it from a run "
-                "with calibration.json (`ssfilter calibrate --run RUN`)"
-            )
+        self._require_calibration()
         files, skipped = _expand(inputs)
         results: list[Prediction] = []
         for start in range(0, len(files), max(1, batch_size)):
-            names, sizes, arrays = [], [], []
+            names, images = [], []
             for path in files[start : start + batch_size]:
                 try:
-                    image = read_image(path)
+                    images.append(read_image(path))
                 except ImageReadError as err:
                     skipped.append(Skipped(str(path), err.reason))
                     continue
                 names.append(str(path))
-                sizes.append(image.size)
-                arrays.append(self.preprocess(image))
-            if arrays:
-                scores, maps = self.run(np.stack(arrays))
-                results.extend(decide(cal, names, sizes, scores, maps, resize=self.resize, crop=self.crop))
+            results.extend(self.predict_images(images, names, batch_size=batch_size))
         return results, skipped
+
+    def predict_images(
+        self, images: Sequence[Image.Image], names: Sequence[str], *, batch_size: int = 8
+    ) -> list[Prediction]:
+        """Predictions of images already decoded in memory (e.g. uploads to ``ssfilter serve``).
+
+        Args:
+            images: Decoded RGB images (see :func:`~ssfilter.data.images.decode_image`).
+            names: What each prediction's ``path`` records (e.g. the uploaded file names).
+            batch_size: Images per ONNX Runtime call.
+
+        Raises:
+            CalibrationError: when the file carries no calibration.
+        """
+        cal = self._require_calibration()
+        if len(images) != len(names):
+            raise ValueError(f"got {len(images)} images but {len(names)} names")
+        results: list[Prediction] = []
+        step = max(1, batch_size)
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            scores, maps = self.run(np.stack([self.preprocess(image) for image in chunk]))
+            sizes = [image.size for image in chunk]
+            results.extend(
+                decide(
+                    cal,
+                    list(names[start : start + step]),
+                    sizes,
+                    scores,
+                    maps,
+                    resize=self.resize,
+                    crop=self.crop,
+                )
+            )
+        return results
+
+    def _require_calibration(self) -> Calibration:
+        if self.calibration is None:
+            raise CalibrationError(
+                f"{self.path} has no embedded calibration: use predict_raw(), or re-export it from a run "
+                "with calibration.json (`ssfilter calibrate --run RUN`)"
+            )
+        return self.calibration
 
 
 def _expand(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Skipped]]:

@@ -145,13 +145,21 @@ class Predictor:
                 bar.update(min(size, len(files) - start))
                 if not images:
                     continue
-                batch = torch.stack([self.transform(im) for im in images]).to(self.device)
-                maps, scores = predict_maps(
-                    self.model, batch, self.cfg.data.eval_size, amp=self.cfg.train.amp
-                )
-                yield names, images, scores.float().cpu().numpy(), maps.float().cpu().numpy()
+                scores, maps = self.score_images(images)
+                yield names, images, scores, maps
         finally:
             bar.close()
+
+    @torch.no_grad()
+    def score_images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw scores ``[B]`` and maps ``[B, S, S]`` of decoded RGB images, in one forward pass.
+
+        Args:
+            images: Decoded images (as :func:`~ssfilter.data.images.read_image` returns), at least one.
+        """
+        batch = torch.stack([self.transform(im) for im in images]).to(self.device)
+        maps, scores = predict_maps(self.model, batch, self.cfg.data.eval_size, amp=self.cfg.train.amp)
+        return scores.float().cpu().numpy(), maps.float().cpu().numpy()
 
     def predict_raw(
         self, paths: Sequence[str | Path], batch_size: int | None = None
@@ -198,6 +206,31 @@ class Predictor:
                 cal, names, sizes, scores, maps, resize=self.cfg.data.resize, crop=self.cfg.data.crop
             )
             yield from zip(preds, images, strict=True)
+
+    def predict_images(
+        self, images: Sequence[Image.Image], names: Sequence[str], *, batch_size: int | None = None
+    ) -> list[Prediction]:
+        """Predictions of images already decoded in memory (e.g. uploads to ``ssfilter serve``).
+
+        Args:
+            images: Decoded RGB images (see :func:`~ssfilter.data.images.decode_image`).
+            names: What each prediction's ``path`` records (e.g. the uploaded file names).
+            batch_size: Images per forward pass (default ``data.batch_size``).
+        """
+        cal = self._require_calibration()
+        if len(images) != len(names):
+            raise ValueError(f"got {len(images)} images but {len(names)} names")
+        size = max(1, int(batch_size or self.cfg.data.batch_size))
+        out: list[Prediction] = []
+        for start in range(0, len(images), size):
+            chunk = images[start : start + size]
+            scores, maps = self.score_images(chunk)
+            sizes = [image.size for image in chunk]
+            resize, crop = self.cfg.data.resize, self.cfg.data.crop
+            out.extend(
+                decide(cal, list(names[start : start + size]), sizes, scores, maps, resize=resize, crop=crop)
+            )
+        return out
 
     def predict(
         self, inputs: Iterable[str | Path], batch_size: int | None = None, progress: bool = False
