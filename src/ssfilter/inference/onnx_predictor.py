@@ -37,7 +37,13 @@ from ssfilter.data.images import ImageReadError, Skipped, read_image, scan_image
 from ssfilter.errors import CalibrationError
 from ssfilter.inference.calibration import Calibration
 from ssfilter.inference.prediction import Prediction, decide
-from ssfilter.inference.runtimes import OnnxRuntimeSession, OpenVinoRuntime, Runtime, open_runtime
+from ssfilter.inference.runtimes import (
+    OnnxRuntimeSession,
+    OpenVinoRuntime,
+    Runtime,
+    open_runtime,
+    read_metadata,
+)
 
 __all__ = [
     "ExportedPredictor",
@@ -318,7 +324,7 @@ def read_export_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     Args:
         path: The exported file.
     """
-    return decode_metadata(open_runtime(path).metadata)
+    return decode_metadata(read_metadata(path))
 
 
 def _expand(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Skipped]]:

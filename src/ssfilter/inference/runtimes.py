@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ __all__ = [
     "OpenVinoRuntime",
     "Runtime",
     "open_runtime",
+    "read_metadata",
     "register_runtime",
     "require_onnxruntime",
     "require_openvino",
@@ -186,14 +188,18 @@ class OpenVinoRuntime:
         self._maps = self.compiled.output("maps")
         self._scores = self.compiled.output("scores")
         self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # an infer request serves one call at a time
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(maps, scores)`` of one batch (see :class:`Runtime`).
 
-        One infer request, used synchronously; the outputs are copied, as the request reuses its buffers.
+        One infer request, used synchronously and by one thread at a time (a lock: a server may call from
+        several); the outputs are copied, as the request reuses its buffers.
         """
-        out = self._request.infer({0: np.ascontiguousarray(images, dtype=np.float32)})
-        return np.array(out[self._maps], np.float32), np.array(out[self._scores], np.float32)
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        with self._lock:
+            out = self._request.infer({0: x})
+            return np.array(out[self._maps], np.float32), np.array(out[self._scores], np.float32)
 
 
 def _rt_metadata(model: Any) -> dict[str, str]:
@@ -204,13 +210,31 @@ def _rt_metadata(model: Any) -> dict[str, str]:
     return {str(key): model.get_rt_info([METADATA_SECTION, key]).astype(str) for key in section}
 
 
-#: File suffix -> how to open it.
-_RUNTIMES: dict[str, Callable[..., Runtime]] = {}
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ``.onnx`` file."""
+    return OnnxRuntimeSession(path).metadata
 
 
-def register_runtime(suffix: str, opener: Callable[..., Runtime]) -> None:
-    """Open files ending in ``suffix`` (e.g. ``".onnx"``) with ``opener(path, threads=...)``."""
-    _RUNTIMES[suffix.lower()] = opener
+def _openvino_metadata(path: Path) -> dict[str, str]:
+    """The ssfilter ``rt_info`` of an OpenVINO IR, read without compiling it."""
+    return _rt_metadata(require_openvino().Core().read_model(str(path)))
+
+
+#: File suffix -> (how to open it, how to read its metadata).
+_RUNTIMES: dict[str, tuple[Callable[..., Runtime], Callable[[Path], dict[str, str]]]] = {}
+
+
+def register_runtime(
+    suffix: str, opener: Callable[..., Runtime], metadata: Callable[[Path], dict[str, str]]
+) -> None:
+    """Open files ending in ``suffix`` (e.g. ``".onnx"``) with ``opener(path, threads=...)``.
+
+    Args:
+        suffix: The file suffix, with its dot.
+        opener: Builds the :class:`Runtime` of a file.
+        metadata: Reads a file's raw ssfilter metadata (cheaper than opening it).
+    """
+    _RUNTIMES[suffix.lower()] = (opener, metadata)
 
 
 def runtime_suffixes() -> list[str]:
@@ -229,16 +253,32 @@ def open_runtime(path: str | os.PathLike[str], *, threads: int | None = None) ->
         ValueError: for a suffix no runtime is registered for.
         FileNotFoundError: when the file does not exist.
     """
+    file = _existing(path)
+    return _RUNTIMES[file.suffix.lower()][0](file, threads=threads)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The raw ssfilter metadata of an exported file, by the reader registered for its suffix.
+
+    Raises:
+        ValueError: for a suffix no runtime is registered for.
+        FileNotFoundError: when the file does not exist.
+    """
+    file = _existing(path)
+    return _RUNTIMES[file.suffix.lower()][1](file)
+
+
+def _existing(path: str | os.PathLike[str]) -> Path:
+    """``path`` when a runtime is registered for its suffix and it exists; else the error saying why."""
     file = Path(path)
-    opener = _RUNTIMES.get(file.suffix.lower())
-    if opener is None:
+    if file.suffix.lower() not in _RUNTIMES:
         raise ValueError(
             f"no runtime for {file.name!r}: exported files end in {', '.join(runtime_suffixes())}"
         )
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist")
-    return opener(file, threads=threads)
+    return file
 
 
-register_runtime(".onnx", OnnxRuntimeSession)
-register_runtime(".xml", OpenVinoRuntime)
+register_runtime(".onnx", OnnxRuntimeSession, _onnx_metadata)
+register_runtime(".xml", OpenVinoRuntime, _openvino_metadata)

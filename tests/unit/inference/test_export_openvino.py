@@ -110,6 +110,21 @@ def test_predictor_pins_the_checked_precision(ov_exported: tuple[Path, Path]) ->
     assert m1.shape == (3, 64, 64) and np.abs(s1[:1] - s2).max() < 1e-6 and np.abs(m1[:1] - m2).max() < 1e-6
 
 
+def test_concurrent_runs_match_sequential(ov_exported: tuple[Path, Path]) -> None:
+    """A server calls one predictor from several threads: same numbers as one call after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pred = load_predictor(ov_exported[1], threads=1)
+    rng = np.random.default_rng(5)
+    xs = [rng.random((2, 3, 64, 64), dtype=np.float32) for _ in range(6)]
+    sequential = [pred.run(x) for x in xs]
+    with ThreadPoolExecutor(3) as pool:
+        parallel = list(pool.map(pred.run, xs))
+    for (s1, m1), (s2, m2) in zip(sequential, parallel, strict=True):
+        np.testing.assert_array_equal(s1, s2)
+        np.testing.assert_array_equal(m1, m2)
+
+
 def test_low_precision_compile_is_caught_and_refused(ov_exported: tuple[Path, Path], tmp_path: Path) -> None:
     """bf16 execution (what the CPU plug-in may choose by default) fails the gate; nothing is written."""
     run, _ = ov_exported
