@@ -20,6 +20,10 @@ Before the file is written, the parity gate (:mod:`ssfilter.inference.parity`) c
 with PyTorch and refuses the export with :class:`ExportParityError` -- leaving no file behind -- when
 they differ by more than :data:`MAP_TOLERANCE` / :data:`SCORE_TOLERANCE` or on any OK/NG label.
 
+:func:`export_run` exports in any format of the registry :mod:`ssfilter.inference.formats` (``onnx``
+here, ``openvino`` in :mod:`ssfilter.inference.openvino_export`, which reuses this module's tracing and
+metadata).
+
 This module knows nothing of :class:`ssfilter.Detector`: it takes a run folder, a loaded run
 (:class:`~ssfilter.inference.run.LoadedRun`) or a model with its config.
 """

@@ -17,6 +17,7 @@ ov = pytest.importorskip("openvino", reason="openvino is not installed (pip inst
 from ssfilter.api import Detector  # noqa: E402
 from ssfilter.config import Config, get_preset  # noqa: E402
 from ssfilter.data.datasets import discover  # noqa: E402
+from ssfilter.errors import SSFilterError  # noqa: E402
 from ssfilter.inference import formats, parity, runtimes  # noqa: E402
 from ssfilter.inference.calibration import Calibration  # noqa: E402
 from ssfilter.inference.export import ExportParityError, export_run  # noqa: E402
@@ -125,20 +126,30 @@ def test_concurrent_runs_match_sequential(ov_exported: tuple[Path, Path]) -> Non
         np.testing.assert_array_equal(m1, m2)
 
 
-def test_low_precision_compile_is_caught_and_refused(ov_exported: tuple[Path, Path], tmp_path: Path) -> None:
-    """bf16 execution (what the CPU plug-in may choose by default) fails the gate; nothing is written."""
-    run, _ = ov_exported
-    probe = ov.Core().compile_model(
-        ov.Core().read_model(str(ov_exported[1])), "CPU", {"INFERENCE_PRECISION_HINT": "bf16"}
-    )
-    if probe.get_property("INFERENCE_PRECISION_HINT") != ov.Type.bf16:
-        pytest.skip("this CPU's OpenVINO plug-in does not execute in bf16")
-    target = tmp_path / "bf16.xml"
-    with pytest.raises(ExportParityError) as info:
-        export_openvino(run, target, precision="bf16")
+@pytest.mark.parametrize("precision", ["bf16", "f16"])
+def test_low_precision_compile_is_caught_and_refused(
+    ov_exported: tuple[Path, Path], tmp_path: Path, precision: str
+) -> None:
+    """A bf16/f16 compile (what the CPU plug-in may choose by default) is refused; nothing is written.
+
+    Where the CPU executes that precision the parity gate refuses it; where it does not, OpenVINO
+    compiles at another precision and the runtime refuses to run what was not asked for. Either way:
+    no file.
+    """
+    run, path = ov_exported
+    config = {"INFERENCE_PRECISION_HINT": precision}
+    probe = ov.Core().compile_model(ov.Core().read_model(str(path)), "CPU", config)
+    executes = probe.get_property("INFERENCE_PRECISION_HINT") == getattr(ov.Type, precision)
+    target = tmp_path / f"{precision}.xml"
+    with pytest.raises(SSFilterError) as info:
+        export_openvino(run, target, precision=precision)
     msg = str(info.value)
-    assert msg.startswith("OpenVINO export refused") and "INFERENCE_PRECISION_HINT=bf16" in msg
-    assert not info.value.report.ok and "no file was written" in msg
+    if executes:
+        assert isinstance(info.value, ExportParityError) and not info.value.report.ok
+        assert msg.startswith("OpenVINO export refused") and f"INFERENCE_PRECISION_HINT={precision}" in msg
+        assert "no file was written" in msg
+    else:
+        assert f"not the requested {precision}" in msg
     assert list(tmp_path.iterdir()) == []
 
 
