@@ -427,7 +427,9 @@ class Detector:
     ) -> Path:
         """Export the whole inference graph (preprocessed image in, raw maps and scores out) to a file.
 
-        Only ``format="onnx"`` exists: see :func:`ssfilter.inference.export.export_onnx` for the graph's
+        ``format="onnx"`` (default) or ``"openvino"`` (an ``.xml`` IR, see
+        :func:`ssfilter.inference.openvino_export.export_openvino`): see
+        :func:`ssfilter.inference.export.export_onnx` for the graph's
         input and outputs, the embedded metadata (calibration included) and the parity gate that
         refuses the export (:class:`~ssfilter.inference.export.ExportParityError`, no file written)
         when ONNX Runtime and PyTorch differ by more than 1e-4 on the calibrated maps or scores, or on
@@ -436,20 +438,19 @@ class Detector:
 
         Args:
             path: Output file.
-            format: Export format; only ``"onnx"``.
+            format: A format of :mod:`ssfilter.inference.formats` (``"onnx"``, ``"openvino"``); another
+                name raises :class:`~ssfilter.inference.formats.UnknownExportFormatError` (a ValueError).
             opset: ONNX opset version.
             batch_size: Fixed batch size; ``None`` (default) for a dynamic batch axis.
             check_images: Folder of images for the parity check (default: the run's training images).
         """
-        if format != "onnx":
-            raise ValueError(f"unsupported export format {format!r}; only 'onnx' is available")
-        from ssfilter.inference.export import export_calibration, export_onnx
+        from ssfilter.inference.export import export_calibration, export_run
         from ssfilter.inference.run import LoadedRun
 
         model = self._ensure_model()
         cal = export_calibration(self.run_dir) if self.run_dir is not None else None
         run = LoadedRun(path=self.run_dir, config=self.config, model=model, data=self.data, calibration=cal)
-        return export_onnx(run, path, opset=opset, batch_size=batch_size, check_images=check_images)
+        return export_run(run, path, format, opset=opset, batch_size=batch_size, check_images=check_images)
 
     def info(self) -> dict[str, Any]:
         """Parameter counts and GFLOPs of this configuration (see :func:`model_info`)."""

@@ -48,9 +48,9 @@ def test_quick_benchmarks_print_one_table_with_every_row(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = _table_rows(proc.stdout)
     assert {r[0] for r in rows} == SECTIONS
-    # patch scoring 2 cases x (time, memory); uncertainty 3; training 1; inference 2 presets x 2;
-    # dataset filter 1; scaling 2
-    assert len(rows) == 15, proc.stdout
+    # patch scoring 2 cases x (time, memory); uncertainty 3; training 1; inference 2 presets x 3
+    # (torch.compile, ONNX Runtime, OpenVINO); dataset filter 1; scaling 2
+    assert len(rows) == 17, proc.stdout
     for r in rows:
         assert len(r) == 8, r
         assert RATIO.match(r[4]), r

@@ -77,3 +77,31 @@ def test_export_cli(
     err = capsys.readouterr().err
     assert "ONNX export refused" in err and "max |d score|" in err and "no file was written" in err
     assert not bad.exists()
+
+
+def test_export_cli_openvino(trained_run: Path, synthetic_mvtec: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'ssfilter[openvino]')")
+    from ssfilter.inference.onnx_predictor import OpenVinoPredictor, read_export_metadata
+
+    out = tmp_path / "model.xml"
+    capsys.readouterr()
+    assert main(["-q", "export", "--run", str(trained_run), "--format", "openvino", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "OpenVINO (CPU, INFERENCE_PRECISION_HINT=f32)" in printed
+    assert "label mismatches 0" in printed and out.with_suffix(".bin").is_file()
+    assert read_export_metadata(out)["parity"]["ok"]
+    check = synthetic_mvtec / "test"
+    scores, maps = OpenVinoPredictor(out, threads=1).predict_raw(sorted(check.rglob("*.png"))[:2])
+    assert scores.shape == (2,) and maps.shape == (2, 64, 64) and np.isfinite(maps).all()
+
+    # unknown format: the registered ones are listed
+    assert (
+        main(["export", "--run", str(trained_run), "--out", str(tmp_path / "m.x"), "--format", "tflite"]) == 2
+    )
+    assert "only 'onnx' and 'openvino' are available" in capsys.readouterr().err
+    # an OpenVINO export must be an .xml
+    assert (
+        main(["export", "--run", str(trained_run), "--out", str(tmp_path / "m.onnx"), "--format", "openvino"])
+        == 2
+    )
+    assert ".xml" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()

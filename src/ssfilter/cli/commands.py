@@ -305,29 +305,40 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """``ssfilter export``: the run as an ONNX file, written only when it passes the parity check."""
-    if args.format.lower() != "onnx":
-        print(f"error: unsupported export format {args.format!r}; only 'onnx' is available", file=sys.stderr)
+    """``ssfilter export``: the run in a registered format, written only when it passes the parity check."""
+    from ssfilter.inference.formats import UnknownExportFormatError, get_export_format
+
+    try:
+        fmt = get_export_format(args.format)
+    except UnknownExportFormatError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        from ssfilter.inference.export import ExportParityError, export_onnx
-        from ssfilter.inference.onnx_predictor import read_onnx_metadata
+        from ssfilter.inference.export import ExportParityError, export_run
+        from ssfilter.inference.onnx_predictor import read_export_metadata
     except ImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        path = export_onnx(
-            args.run, args.out, opset=args.opset, batch_size=args.batch_size, check_images=args.check_images
+        path = export_run(
+            args.run,
+            args.out,
+            fmt.name,
+            opset=args.opset,
+            batch_size=args.batch_size,
+            check_images=args.check_images,
         )
     except ExportParityError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except ImportError as err:
+    except (ImportError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    parity = read_onnx_metadata(path)["parity"]
+    parity = read_export_metadata(path)["parity"]
+    how = f"{parity['runtime']} ({parity['settings']})" if parity.get("settings") else parity["runtime"]
     print(
-        f"wrote {path}; parity on {parity['n_images']} inputs ({parity['n_real']} real images): "
+        f"wrote {path}; parity of {how} vs PyTorch on {parity['n_images']} inputs "
+        f"({parity['n_real']} real images): "
         f"max |diff| calibrated map {parity['max_map_diff']:.3g} (tolerance {parity['map_tolerance']:g}), "
         f"normalised score {parity['max_score_diff']:.3g} (tolerance {parity['score_tolerance']:g}), "
         f"OK/NG label mismatches {parity['label_mismatches']}; raw map {parity['max_raw_map_diff']:.3g}, "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ssfilter.config import PRESETS
 from ssfilter.inference.backends import BACKENDS
+from ssfilter.inference.formats import export_format_names, get_export_format
 from ssfilter.training.methods import list_methods
 from ssfilter.version import VERSION
 
@@ -244,15 +245,22 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     """Arguments of ``ssfilter export``."""
     p = sub.add_parser(
         "export",
-        help="export a run's whole inference graph to ONNX, checked against PyTorch",
+        help="export a run's whole inference graph to ONNX or OpenVINO, checked against PyTorch",
         description="Export the run (preprocessed [0, 1] RGB crops in; raw maps and scores out; calibration "
-        "in the metadata). The file is written only when ONNX Runtime reproduces PyTorch on the run's "
+        "in the metadata). The file is written only when its runtime (ONNX Runtime; OpenVINO on the CPU "
+        "at INFERENCE_PRECISION_HINT=f32) reproduces PyTorch on the run's "
         "training images (or --check-images) plus random inputs: max |diff| of the calibrated maps and "
         "of the normalised scores <= 1e-4, and identical OK/NG labels.",
     )
     p.add_argument("--run", type=Path, required=True, help="trained, calibrated run folder")
-    p.add_argument("--format", default="onnx", help="export format (only onnx)")
-    p.add_argument("--out", type=Path, required=True, help="file to write, e.g. model.onnx")
+    formats = "; ".join(f"{name}: {get_export_format(name).description}" for name in export_format_names())
+    p.add_argument("--format", default="onnx", help=f"export format (default onnx). {formats}")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="file to write: model.onnx, or model.xml for openvino (its model.bin is written beside it)",
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
     p.add_argument(
         "--batch-size", type=int, default=None, help="fixed batch size (default: dynamic batch axis)"

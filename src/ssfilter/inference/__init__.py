@@ -12,8 +12,11 @@ One job per module, importing only from the layers below (never :mod:`ssfilter.a
   :mod:`~ssfilter.inference.visualize`: one image's result (its JSON record), its defect regions and
   its heat-map and mask (torch-free);
 * :mod:`~ssfilter.inference.export`: ONNX export, with :mod:`~ssfilter.inference.graph` (the exported
-  computation) and :mod:`~ssfilter.inference.parity` (the ONNX Runtime vs PyTorch gate);
-  :mod:`~ssfilter.inference.onnx_predictor`: running an export without torch;
+  computation) and :mod:`~ssfilter.inference.parity` (the runtime vs PyTorch gate);
+  :mod:`~ssfilter.inference.openvino_export`: OpenVINO IR export through the same graph and gate;
+  :mod:`~ssfilter.inference.formats`: the registry of export formats (torch-free, for the CLI);
+* :mod:`~ssfilter.inference.onnx_predictor`: running an export without torch, over a runtime of
+  :mod:`~ssfilter.inference.runtimes` (ONNX Runtime, OpenVINO; chosen by file suffix).
 * :mod:`~ssfilter.inference.backends`: the models ``ssfilter serve`` can run (a registry);
   :mod:`~ssfilter.inference.server`: the HTTP server and its page (``static/``).
 """

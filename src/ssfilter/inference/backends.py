@@ -208,11 +208,30 @@ def _load_onnx(source: str, *, device: str = "auto", threshold: float | None = N
     return exported_file_backend("onnx", source, OnnxPredictor(source, threshold=threshold))
 
 
+def _load_openvino(source: str, *, device: str = "auto", threshold: float | None = None) -> Backend:
+    """An exported OpenVINO IR (``.xml`` + ``.bin``) through the torch-free OpenVINO predictor (CPU, f32)."""
+    del device  # the CPU plug-in, at the precision the export was checked with
+    from ssfilter.inference.onnx_predictor import OpenVinoPredictor
+
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"OpenVINO file '{source}' does not exist")
+    return exported_file_backend("openvino", source, OpenVinoPredictor(source, threshold=threshold))
+
+
 register_backend(
     BackendSpec("torch", "--run", "RUN", "trained, calibrated run folder (PyTorch)", _load_torch)
 )
 register_backend(
     BackendSpec(
         "onnx", "--onnx", "FILE", "file from `ssfilter export` (ONNX Runtime, no torch needed)", _load_onnx
+    )
+)
+register_backend(
+    BackendSpec(
+        "openvino",
+        "--openvino",
+        "FILE",
+        "file from `ssfilter export --format openvino` (.xml; OpenVINO, no torch needed)",
+        _load_openvino,
     )
 )

@@ -20,6 +20,10 @@ Before the file is written, the parity gate (:mod:`ssfilter.inference.parity`) c
 with PyTorch and refuses the export with :class:`ExportParityError` -- leaving no file behind -- when
 they differ by more than :data:`MAP_TOLERANCE` / :data:`SCORE_TOLERANCE` or on any OK/NG label.
 
+:func:`export_run` exports in any format of the registry :mod:`ssfilter.inference.formats` (``onnx``
+here, ``openvino`` in :mod:`ssfilter.inference.openvino_export`, which reuses this module's tracing and
+metadata).
+
 This module knows nothing of :class:`ssfilter.Detector`: it takes a run folder, a loaded run
 (:class:`~ssfilter.inference.run.LoadedRun`) or a model with its config.
 """
@@ -39,6 +43,7 @@ import torch
 
 from ssfilter.config import Config
 from ssfilter.inference.calibration import Calibration
+from ssfilter.inference.formats import get_export_format
 from ssfilter.inference.graph import INPUT_NAME, OUTPUT_NAMES, InferenceGraph
 from ssfilter.inference.onnx_predictor import read_onnx_metadata
 from ssfilter.inference.parity import (
@@ -67,7 +72,12 @@ __all__ = [
     "InferenceGraph",
     "ParityReport",
     "export_calibration",
+    "export_metadata",
     "export_onnx",
+    "export_run",
+    "on_cpu_in_eval",
+    "resolve_source",
+    "trace_graph",
     "read_onnx_metadata",
 ]
 
@@ -106,25 +116,41 @@ def export_calibration(run_dir: str | Path) -> Calibration:
     return Calibration.load(run)
 
 
-def _resolve(
+def resolve_source(
     source: str | Path | LoadedRun | DinomalyModel, config: Config | None, calibration: Calibration | None
 ) -> LoadedRun:
-    """What an export needs, from a run folder, a loaded run or a model with its config."""
+    """What an export needs, from a run folder, a loaded run or a model with its config.
+
+    Args:
+        source: A run folder (its ``calibration.json`` is required), a loaded run or a model.
+        config: The model's config (required for a model object).
+        calibration: Calibration to embed instead of the run's.
+
+    Raises:
+        ValueError: when the config's crop is not the model's.
+    """
     if isinstance(source, DinomalyModel):
         if config is None:
             raise ValueError("exporting a model object needs its config (config=...): resize and eval size")
-        return LoadedRun(path=None, config=config, model=source, calibration=calibration)
-    if isinstance(source, LoadedRun):
-        return source if calibration is None else replace(source, calibration=calibration)
-    if isinstance(source, (str, Path)):
+        src = LoadedRun(path=None, config=config, model=source, calibration=calibration)
+    elif isinstance(source, LoadedRun):
+        src = source if calibration is None else replace(source, calibration=calibration)
+    elif isinstance(source, (str, Path)):
         cal = calibration if calibration is not None else export_calibration(source)
-        return replace(load_run_folder(source, "cpu", calibration="skip"), calibration=cal)
-    raise TypeError(
-        f"cannot export a {type(source).__name__}: pass a run folder, a LoadedRun or a DinomalyModel"
-    )
+        src = replace(load_run_folder(source, "cpu", calibration="skip"), calibration=cal)
+    else:
+        raise TypeError(
+            f"cannot export a {type(source).__name__}: pass a run folder, a LoadedRun or a DinomalyModel"
+        )
+    if src.config.data.crop != src.model.crop:
+        raise ValueError(
+            f"config crop {src.config.data.crop} does not match the model's crop {src.model.crop}"
+        )
+    return src
 
 
-def _metadata(src: LoadedRun, opset: int, batch_size: int | None) -> dict[str, str]:
+def export_metadata(src: LoadedRun, opset: int, batch_size: int | None) -> dict[str, str]:
+    """The metadata every exported file carries (strings; see the module docstring), parity aside."""
     cfg, model = src.config, src.model
     crop, size = cfg.data.crop, cfg.data.eval_size
     return {
@@ -147,7 +173,7 @@ def _metadata(src: LoadedRun, opset: int, batch_size: int | None) -> dict[str, s
 
 
 @contextlib.contextmanager
-def _on_cpu_in_eval(model: DinomalyModel) -> Iterator[None]:
+def on_cpu_in_eval(model: DinomalyModel) -> Iterator[None]:
     """Run the block with the model on the CPU in eval mode; restore device and mode afterwards."""
     device = next(model.parameters()).device
     training = model.training
@@ -158,8 +184,16 @@ def _on_cpu_in_eval(model: DinomalyModel) -> Iterator[None]:
         model.to(device).train(training)
 
 
-def _trace(graph: InferenceGraph, example: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
-    """Write the traced graph to ``path`` (TorchScript exporter, named input and outputs)."""
+def trace_graph(graph: InferenceGraph, example: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
+    """Write the traced graph to ``path`` as ONNX (TorchScript exporter, named input and outputs).
+
+    Args:
+        graph: The inference graph, on the CPU in eval mode.
+        example: An input batch to trace with.
+        path: The ``.onnx`` file to write.
+        opset: ONNX opset version.
+        dynamic: Whether the batch axis is dynamic.
+    """
     axes = {INPUT_NAME: {0: "N"}, "maps": {0: "N"}, "scores": {0: "N"}} if dynamic else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
@@ -235,14 +269,10 @@ def export_onnx(
     onnx, ort = _require_onnx()
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive or None (dynamic), got {batch_size}")
-    src = _resolve(run_dir_or_model, config, calibration)
-    if src.config.data.crop != src.model.crop:
-        raise ValueError(
-            f"config crop {src.config.data.crop} does not match the model's crop {src.model.crop}"
-        )
+    src = resolve_source(run_dir_or_model, config, calibration)
     inputs, n_real = parity_inputs(src.config, src.data, check_images)
     target = Path(path)
-    with _on_cpu_in_eval(src.model), atomic_path(target) as tmp:
+    with on_cpu_in_eval(src.model), atomic_path(target) as tmp:
         _write_checked(onnx, ort, src, inputs, n_real, tmp, opset, batch_size)
     return target
 
@@ -267,12 +297,12 @@ def _write_checked(
     reference = torch_outputs(graph, inputs, batch_size)
     # A dynamic graph is traced with two images, so nothing gets specialised to a batch of one.
     example = torch.from_numpy(next(batches(inputs, batch_size or 2))[0].copy())
-    _trace(graph, example, path, opset, dynamic=batch_size is None)
+    trace_graph(graph, example, path, opset, dynamic=batch_size is None)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     session = _ort_session(ort, proto.SerializeToString())
     report = check_parity(session, inputs, reference, src.calibration, n_real, batch_size)
-    meta = {**_metadata(src, opset, batch_size), "parity": json.dumps(report.to_dict())}
+    meta = {**export_metadata(src, opset, batch_size), "parity": json.dumps(report.to_dict())}
     _save_with_metadata(onnx, proto, path, meta, src.model.encoder.name)
 
 
@@ -280,3 +310,23 @@ def _ort_session(ort: Any, model: bytes | str) -> Any:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def export_run(
+    run_dir_or_model: str | Path | LoadedRun | DinomalyModel,
+    path: str | Path,
+    format: str = "onnx",
+    **options: Any,
+) -> Path:
+    """Export in a registered format (:mod:`ssfilter.inference.formats`), parity gate included.
+
+    Args:
+        run_dir_or_model: What :func:`export_onnx` takes.
+        path: The file to write (``.onnx``; ``.xml`` for OpenVINO, with its ``.bin`` beside it).
+        format: A registered format name (``onnx``, ``openvino``).
+        **options: The exporter's keyword arguments (``opset``, ``batch_size``, ``check_images``, ...).
+
+    Raises:
+        UnknownExportFormatError: for a format no exporter is registered for (the message lists them).
+    """
+    return get_export_format(format).load()(run_dir_or_model, path, **options)

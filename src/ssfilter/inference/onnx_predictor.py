@@ -1,4 +1,8 @@
-"""Run an exported ssfilter ONNX file without PyTorch: numpy, Pillow and ONNX Runtime only.
+"""Run an exported ssfilter graph without PyTorch: numpy, Pillow and ONNX Runtime or OpenVINO only.
+
+:class:`ExportedPredictor` does the numpy side over a runtime (:mod:`ssfilter.inference.runtimes`);
+:class:`OnnxPredictor` (``.onnx``, ONNX Runtime) and :class:`OpenVinoPredictor` (``.xml``, OpenVINO IR)
+open one runtime each, and :func:`load_predictor` picks the runtime from the file's suffix.
 
 Example:
     >>> from ssfilter.inference.onnx_predictor import OnnxPredictor
@@ -33,8 +37,24 @@ from ssfilter.data.images import ImageReadError, Skipped, read_image, scan_image
 from ssfilter.errors import CalibrationError
 from ssfilter.inference.calibration import Calibration
 from ssfilter.inference.prediction import Prediction, decide
+from ssfilter.inference.runtimes import (
+    OnnxRuntimeSession,
+    OpenVinoRuntime,
+    Runtime,
+    open_runtime,
+    read_metadata,
+)
 
-__all__ = ["OnnxPredictor", "decode_metadata", "preprocess", "read_onnx_metadata"]
+__all__ = [
+    "ExportedPredictor",
+    "OnnxPredictor",
+    "OpenVinoPredictor",
+    "decode_metadata",
+    "load_predictor",
+    "preprocess",
+    "read_export_metadata",
+    "read_onnx_metadata",
+]
 
 _INT_KEYS = ("crop", "resize", "eval_size", "opset", "ssfilter_export_format")
 _JSON_KEYS = ("mean", "std", "calibration", "parity")
@@ -66,10 +86,7 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     Args:
         path: An ``.onnx`` file written by :func:`ssfilter.inference.export.export_onnx`.
     """
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return decode_metadata(dict(session.get_modelmeta().custom_metadata_map))
+    return decode_metadata(OnnxRuntimeSession(path).metadata)
 
 
 def preprocess(image: Image.Image, resize: int, crop: int) -> np.ndarray:
@@ -93,13 +110,16 @@ def preprocess(image: Image.Image, resize: int, crop: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
 
 
-class OnnxPredictor:
-    """Scores, OK/NG labels and heat-maps from an exported ``.onnx`` file, without PyTorch.
+class ExportedPredictor:
+    """Scores, OK/NG labels and heat-maps from an exported graph in any runtime, without PyTorch.
+
+    The numpy side (preprocessing, batching, calibration, decisions) is the same for every runtime;
+    the runtime (:mod:`ssfilter.inference.runtimes`) only executes the graph. :func:`load_predictor`
+    picks the runtime from the file's suffix.
 
     Args:
-        path: File written by :func:`ssfilter.inference.export.export_onnx` (or ``ssfilter export``).
-        providers: ONNX Runtime execution providers (default: CPU).
-        threads: Intra-op threads (default: ONNX Runtime's choice).
+        runtime: The loaded graph (e.g. :class:`~ssfilter.inference.runtimes.OnnxRuntimeSession`).
+        path: The exported file (for messages).
         threshold: Raw image threshold overriding the embedded calibration's.
 
     Raises:
@@ -107,35 +127,19 @@ class OnnxPredictor:
     """
 
     def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        providers: Sequence[str] | None = None,
-        threads: int | None = None,
-        threshold: float | None = None,
+        self, runtime: Runtime, path: str | os.PathLike[str], *, threshold: float | None = None
     ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
         self.path = Path(path)
-        self.session = ort.InferenceSession(
-            str(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
-        )
-        self.metadata = decode_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
+        self.runtime = runtime
+        self.metadata = decode_metadata(runtime.metadata)
         missing = [k for k in ("crop", "resize", "eval_size") if k not in self.metadata]
         if missing:
             raise ValueError(f"{self.path} is not an ssfilter export (metadata lacks {', '.join(missing)})")
         self.crop: int = self.metadata["crop"]
         self.resize: int = self.metadata["resize"]
         self.eval_size: int = self.metadata["eval_size"]
-        inp = self.session.get_inputs()[0]
-        self.input_name: str = inp.name
-        batch = inp.shape[0]
         #: Fixed batch size of the graph, or ``None`` when its batch axis is dynamic.
-        self.fixed_batch: int | None = batch if isinstance(batch, int) else None
+        self.fixed_batch: int | None = runtime.fixed_batch
         raw_cal = self.metadata.get("calibration")
         cal = Calibration.from_dict(raw_cal, where=f"{self.path} metadata") if raw_cal else None
         if threshold is not None:
@@ -171,7 +175,7 @@ class OnnxPredictor:
             valid = len(chunk)
             if self.fixed_batch is not None and valid < step:  # pad a fixed-size graph's last batch
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - valid, axis=0)])
-            m, s = self.session.run(["maps", "scores"], {self.input_name: chunk})
+            m, s = self.runtime.run(chunk)
             maps.append(m[:valid, 0])
             scores.append(s[:valid])
         return np.concatenate(scores), np.concatenate(maps)
@@ -183,7 +187,7 @@ class OnnxPredictor:
 
         Args:
             paths: Image files.
-            batch_size: Images per ONNX Runtime call.
+            batch_size: Images per runtime call.
         """
         scores, maps = [], []
         files = list(paths)
@@ -203,7 +207,7 @@ class OnnxPredictor:
 
         Args:
             inputs: Image files or folders.
-            batch_size: Images per ONNX Runtime call.
+            batch_size: Images per runtime call.
 
         Returns:
             ``(predictions, skipped)``: one :class:`~ssfilter.inference.prediction.Prediction` per
@@ -270,6 +274,91 @@ class OnnxPredictor:
                 "with calibration.json (`ssfilter calibrate --run RUN`)"
             )
         return self.calibration
+
+
+class OnnxPredictor(ExportedPredictor):
+    """Scores, OK/NG labels and heat-maps from an exported ``.onnx`` file, without PyTorch.
+
+    Args:
+        path: File written by :func:`ssfilter.inference.export.export_onnx` (or ``ssfilter export``).
+        providers: ONNX Runtime execution providers (default: CPU).
+        threads: Intra-op threads (default: ONNX Runtime's choice).
+        threshold: Raw image threshold overriding the embedded calibration's.
+
+    Raises:
+        ValueError: when the file has no ssfilter metadata.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        threshold: float | None = None,
+    ) -> None:
+        runtime = OnnxRuntimeSession(path, providers=providers, threads=threads)
+        super().__init__(runtime, path, threshold=threshold)
+        #: The ONNX Runtime ``InferenceSession``.
+        self.session = runtime.session
+        self.input_name: str = runtime.input_name
+
+
+class OpenVinoPredictor(ExportedPredictor):
+    """Scores, OK/NG labels and heat-maps from an OpenVINO IR export (``.xml``), without PyTorch.
+
+    The model is compiled with the ``INFERENCE_PRECISION_HINT`` its export was parity-checked with
+    (recorded in the file, ``f32``): OpenVINO's CPU plug-in would otherwise pick bf16/f16 where the CPU
+    has it, with score differences far beyond the export's tolerance.
+
+    Args:
+        path: The ``.xml`` written by :func:`ssfilter.inference.openvino_export.export_openvino`.
+        device: OpenVINO device (default ``CPU``).
+        threads: ``INFERENCE_NUM_THREADS`` (default: OpenVINO's choice).
+        threshold: Raw image threshold overriding the embedded calibration's.
+
+    Raises:
+        ValueError: when the file has no ssfilter metadata.
+        MissingExtraError: when openvino is not installed.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        device: str = "CPU",
+        threads: int | None = None,
+        threshold: float | None = None,
+    ) -> None:
+        runtime = OpenVinoRuntime(path, device=device, threads=threads)
+        super().__init__(runtime, path, threshold=threshold)
+        #: The ``INFERENCE_PRECISION_HINT`` the model was compiled with.
+        self.precision: str = runtime.precision
+
+
+def load_predictor(
+    path: str | os.PathLike[str], *, threads: int | None = None, threshold: float | None = None
+) -> ExportedPredictor:
+    """A torch-free predictor of an exported file, its runtime chosen by suffix (``.onnx``, ``.xml``).
+
+    Args:
+        path: The exported file.
+        threads: Inference threads (default: the runtime's choice).
+        threshold: Raw image threshold overriding the embedded calibration's.
+
+    Raises:
+        ValueError: for an unknown suffix or a file without ssfilter metadata.
+    """
+    return ExportedPredictor(open_runtime(path, threads=threads), path, threshold=threshold)
+
+
+def read_export_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The decoded ssfilter metadata of any exported file (``.onnx`` or OpenVINO ``.xml``).
+
+    Args:
+        path: The exported file.
+    """
+    return decode_metadata(read_metadata(path))
 
 
 def _expand(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Skipped]]:

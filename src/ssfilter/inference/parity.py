@@ -1,6 +1,7 @@
-"""The parity gate of an ONNX export: ONNX Runtime must reproduce PyTorch before a file is written.
+"""The parity gate of an export: its runtime must reproduce PyTorch before a file is written.
 
-ONNX Runtime (``CPUExecutionProvider``) runs the exported graph on a few real training images of the run
+ONNX Runtime (``CPUExecutionProvider``) -- or OpenVINO (CPU, ``INFERENCE_PRECISION_HINT`` pinned to
+``f32``) for an OpenVINO export -- runs the exported graph on a few real training images of the run
 (or the user's ``check_images``) plus random inputs (:func:`parity_inputs`), and the results are compared
 with PyTorch on the same inputs (:func:`check_parity`). The export is refused with
 :class:`ExportParityError` when
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from ssfilter.data.transforms import build_image_transform
 from ssfilter.errors import SSFilterError
 from ssfilter.inference.calibration import Calibration
 from ssfilter.inference.graph import INPUT_NAME, OUTPUT_NAMES, InferenceGraph
+from ssfilter.inference.runtimes import ONNX_RUNTIME, OPENVINO, Runtime
 
 __all__ = [
     "MAP_TOLERANCE",
@@ -45,6 +47,7 @@ __all__ = [
     "check_parity",
     "compare_outputs",
     "ort_outputs",
+    "runtime_outputs",
     "parity_inputs",
     "torch_outputs",
 ]
@@ -60,6 +63,9 @@ MAX_CHECK_IMAGES = 4
 #: Random inputs of the parity check, after the real images.
 N_RANDOM = 2
 
+#: The export format each runtime checks, for messages.
+_FORMAT_OF_RUNTIME = {ONNX_RUNTIME: "ONNX", OPENVINO: "OpenVINO"}
+
 #: ``(maps [N, 1, S, S], scores [N])`` of one runtime.
 Outputs = tuple[np.ndarray, np.ndarray]
 
@@ -72,8 +78,9 @@ class ExportParityError(SSFilterError, RuntimeError):
     """
 
     def __init__(self, report: ParityReport) -> None:
+        fmt = _FORMAT_OF_RUNTIME.get(report.runtime, report.runtime)
         super().__init__(
-            "ONNX export refused: ONNX Runtime does not reproduce PyTorch within the tolerances "
+            f"{fmt} export refused: {report.runtime} does not reproduce PyTorch within the tolerances "
             f"({report.summary()}); no file was written"
         )
         self.report = report
@@ -96,6 +103,8 @@ class ParityReport:
         label_mismatches: Inputs whose OK/NG label differs (0 without a calibration).
         map_tolerance: The map tolerance applied.
         score_tolerance: The score tolerance applied.
+        runtime: The runtime checked (``"ONNX Runtime"`` or ``"OpenVINO"``).
+        settings: How it ran, e.g. ``"CPU, INFERENCE_PRECISION_HINT=f32"`` (empty: the runtime's defaults).
     """
 
     n_images: int
@@ -108,6 +117,8 @@ class ParityReport:
     label_mismatches: int
     map_tolerance: float = MAP_TOLERANCE
     score_tolerance: float = SCORE_TOLERANCE
+    runtime: str = ONNX_RUNTIME
+    settings: str = ""
 
     @property
     def ok(self) -> bool:
@@ -120,8 +131,10 @@ class ParityReport:
 
     def summary(self) -> str:
         """The measured figures and tolerances in one line."""
+        how = f"{self.runtime} ({self.settings})" if self.settings else self.runtime
         return (
-            f"{self.n_images} inputs ({self.n_real} real images), normalised by {self.scale}: "
+            f"{how} vs PyTorch on {self.n_images} inputs ({self.n_real} real images), "
+            f"normalised by {self.scale}: "
             f"max |d map| {self.max_map_diff:.3g} (tolerance {self.map_tolerance:g}), "
             f"max |d score| {self.max_score_diff:.3g} (tolerance {self.score_tolerance:g}), "
             f"OK/NG label mismatches {self.label_mismatches}; raw: max |d map| {self.max_raw_map_diff:.3g}, "
@@ -129,7 +142,7 @@ class ParityReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (stored in the ONNX metadata under ``parity``)."""
+        """Plain-JSON form (stored in the export's metadata under ``parity``)."""
         return {**asdict(self), "ok": self.ok}
 
 
@@ -228,6 +241,22 @@ def ort_outputs(session: Any, x: np.ndarray, batch_size: int | None) -> Outputs:
     return np.concatenate(maps), np.concatenate(scores)
 
 
+def runtime_outputs(runtime: Runtime, x: np.ndarray, batch_size: int | None) -> Outputs:
+    """A :class:`~ssfilter.inference.runtimes.Runtime`'s maps and scores of the inputs (e.g. OpenVINO's).
+
+    Args:
+        runtime: The loaded export.
+        x: Parity inputs.
+        batch_size: The graph's fixed batch size, or ``None``.
+    """
+    maps, scores = [], []
+    for batch, n in batches(x, batch_size):
+        m, s = runtime.run(batch)
+        maps.append(m[:n])
+        scores.append(s[:n])
+    return np.concatenate(maps), np.concatenate(scores)
+
+
 def compare_outputs(ref: Outputs, got: Outputs, calibration: Calibration | None, n_real: int) -> ParityReport:
     """Measure how far ``got`` (ONNX Runtime) is from ``ref`` (PyTorch), see the module's rules.
 
@@ -288,18 +317,22 @@ def check_parity(
     calibration: Calibration | None,
     n_real: int,
     batch_size: int | None,
+    *,
+    settings: str = "",
 ) -> ParityReport:
-    """Run the exported graph in ONNX Runtime and compare it with PyTorch's ``reference``.
+    """Run the exported graph in its runtime and compare it with PyTorch's ``reference``.
 
     A dynamic-batch graph is also run on the first input alone (the batch axis at a batch of one).
 
     Args:
-        session: An ``onnxruntime.InferenceSession`` of the exported graph.
+        session: An ``onnxruntime.InferenceSession`` of the exported graph (run by :func:`ort_outputs`),
+            or a :class:`~ssfilter.inference.runtimes.Runtime` (run by :func:`runtime_outputs`).
         inputs: The parity inputs (see :func:`parity_inputs`).
         reference: :func:`torch_outputs` of the same inputs.
         calibration: The run's calibration, or ``None``.
         n_real: How many of the inputs are real images.
         batch_size: The graph's fixed batch size, or ``None``.
+        settings: How the runtime ran (recorded in the report), e.g. the OpenVINO precision hint.
 
     Returns:
         The report, when every figure is within its tolerance.
@@ -307,16 +340,19 @@ def check_parity(
     Raises:
         ExportParityError: otherwise.
     """
-    got = ort_outputs(session, inputs, batch_size)
+    is_runtime = hasattr(session, "metadata")  # a Runtime wrapper, not a bare ONNX Runtime session
+    outputs = runtime_outputs if is_runtime else ort_outputs
+    name = session.name if is_runtime else ONNX_RUNTIME
+    got = outputs(session, inputs, batch_size)
     if batch_size is None:
-        single = ort_outputs(session, inputs[:1], None)
+        single = outputs(session, inputs[:1], None)
         reference = (
             np.concatenate([reference[0], reference[0][:1]]),
             np.concatenate([reference[1], reference[1][:1]]),
         )
         got = (np.concatenate([got[0], single[0]]), np.concatenate([got[1], single[1]]))
-    report = compare_outputs(reference, got, calibration, n_real)
-    log.info("ONNX parity: %s", report.summary())
+    report = replace(compare_outputs(reference, got, calibration, n_real), runtime=name, settings=settings)
+    log.info("%s parity: %s", name, report.summary())
     if not report.ok:
         raise ExportParityError(report)
     return report
