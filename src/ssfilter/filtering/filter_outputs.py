@@ -63,11 +63,21 @@ class FilterRecord:
 
 
 class FilterRecords(list[FilterRecord]):
-    """A list of :class:`FilterRecord` with the dataset filter's parameters (for ``filter.json``)."""
+    """A list of :class:`FilterRecord` with the dataset filter's parameters (for ``filter.json``).
 
-    def __init__(self, records: Sequence[FilterRecord] = (), params: dict[str, Any] | None = None) -> None:
+    ``params`` holds the vote's parameters (:data:`PARAM_KEYS`); ``settings`` how the scores were obtained
+    (e.g. ``uncertainty`` mode and ``pool``), written under ``"settings"``.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[FilterRecord] = (),
+        params: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(records)
         self.params: dict[str, Any] = dict(params or {})
+        self.settings: dict[str, Any] = dict(settings or {})
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -133,6 +143,7 @@ def write_filter_outputs(
     params = getattr(records, "params", None) or {}
     doc: dict[str, Any] = summarize(records)
     doc["params"] = {k: params.get(k) for k in PARAM_KEYS}
+    doc["settings"] = dict(getattr(records, "settings", None) or {})
     for key, value in (extra or {}).items():
         if key in doc:
             raise ValueError(f"extra key {key!r} would replace a summary field of {FILTER_JSON}")
