@@ -62,7 +62,16 @@ def test_train_noisy_then_filter_and_export(
     assert code == 0
     with (out / "filter.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["path", "times_seen", "times_kept", "mean_score", "mean_uncertainty", "decision"]
+    assert list(rows[0])[:6] == [
+        "path",
+        "times_seen",
+        "times_kept",
+        "mean_score",
+        "mean_uncertainty",
+        "decision",
+    ]
+    assert list(rows[0])[6:] == ["rank", "reason"]
+    assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     assert len(rows) == 8 + 2  # the run's training set: clean images + injected anomalies
     assert all(int(r["times_seen"]) == 4 for r in rows)
     for r in rows:

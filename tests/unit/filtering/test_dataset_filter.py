@@ -151,10 +151,15 @@ def test_invalid_inputs(model, cfg, samples) -> None:
 def test_write_outputs(tmp_path: Path, records: FilterRecords) -> None:
     csv_path, json_path = write_filter_outputs(records, tmp_path / "out", extra={"run": "r1"})
     text = csv_path.read_text(encoding="utf-8")
-    assert text.splitlines()[0] == "path,times_seen,times_kept,mean_score,mean_uncertainty,decision"
+    # SPEC §11's six columns, then the suspicion rank and the reason; rows most suspect first.
+    assert (
+        text.splitlines()[0] == "path,times_seen,times_kept,mean_score,mean_uncertainty,decision,rank,reason"
+    )
     rows = list(csv.DictReader(text.splitlines()))
     assert list(rows[0]) == CSV_FIELDS and len(rows) == len(records)
-    assert [int(r["times_kept"]) for r in rows] == [r.times_kept for r in records]
+    by_path = {r.path: r for r in records}
+    assert [int(r["times_kept"]) for r in rows] == [by_path[r["path"]].times_kept for r in rows]
+    assert [int(r["rank"]) for r in rows] == list(range(1, len(records) + 1))
     doc = json.loads(json_path.read_text(encoding="utf-8"))
     assert doc["params"] == {"epochs": EPOCHS, "min_keep": 1, "batch_size": 4, "seed": 7}
     assert (
