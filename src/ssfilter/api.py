@@ -209,6 +209,9 @@ class Detector:
         export_clean: str | Path | None = None,
         progress: bool = True,
         overwrite: bool = False,
+        quarantine: str | Path | None = None,
+        dry_run: bool = False,
+        uncertainty: str = "per-image",
     ) -> dict[str, Any]:
         """Filter a whole training set with the trained model (paper §3.6).
 
@@ -230,6 +233,11 @@ class Detector:
             export_clean: Folder to receive the kept images (must not exist or be empty).
             progress: Show a progress bar.
             overwrite: Replace the results of an earlier filter in ``out``.
+            quarantine: Folder to receive the suspects for review, most suspect first (must not exist or
+                be empty).
+            dry_run: Write the lists and the report only, no folder (the planned counts go to
+                ``filter.json``).
+            uncertainty: ``"per-image"`` MC-dropout passes (default, fast) or the paper's ``"per-batch"``.
 
         Returns:
             The ``filter.json`` summary.
@@ -238,7 +246,7 @@ class Detector:
             RunExistsError: ``out`` holds a finished filter and ``overwrite`` is false.
             FileExistsError: ``export_clean`` exists and is not an empty folder (checked before filtering).
         """
-        check_filter_destinations(out, export_clean, overwrite)
+        check_filter_destinations(out, export_clean, overwrite, quarantine)
         model = self._ensure_model()
         samples, skipped = self._filter_samples_and_skipped(data)
         records = filter_folder(
@@ -251,8 +259,11 @@ class Detector:
             epochs=epochs,
             min_keep=min_keep,
             export_clean=export_clean,
+            quarantine=quarantine,
+            dry_run=dry_run,
             source_root=Path(data) if data is not None else self.data,
             progress=progress,
+            uncertainty=uncertainty,
         )
         if not is_main_process():  # torchrun: every process holds the merged records, rank 0 writes
             return summarize(records)

@@ -123,6 +123,25 @@ def _add_filter(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--export-clean", type=Path, default=None, help="lay out the kept images as a training folder"
     )
+    p.add_argument(
+        "--quarantine",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="lay out the suspects for review in DIR/suspects, most suspect first (links or copies)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write filter.csv/json and the report only; no --export-clean / --quarantine folder",
+    )
+    p.add_argument(
+        "--uncertainty",
+        choices=("per-image", "per-batch"),
+        default="per-image",
+        help="MC-dropout passes once per image, redrawn per batch (default, fast), or per batch in "
+        "every epoch (the paper's protocol)",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument(
         "--overwrite", action="store_true", help="replace the results of an earlier filter in --out"
