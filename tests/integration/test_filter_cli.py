@@ -96,6 +96,9 @@ def test_train_noisy_then_filter_and_export(
     assert doc["dry_run"] is True and "export_clean" not in doc and "quarantine" not in doc
     assert doc["export_clean_planned"]["images"] == doc["n_kept"]
     assert doc["quarantine_planned"]["images"] == doc["n_removed"]
+    est = doc["contamination"]
+    assert est["low"] <= est["estimate"] <= est["high"] and est["true"] == doc["noise_rate_before"]
+    assert "estimated share of defective images" in (dry / "report.html").read_text(encoding="utf-8")
 
     # --quarantine: the suspects, most suspect first, for review
     review = tmp_path / "review"

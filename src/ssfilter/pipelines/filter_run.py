@@ -20,6 +20,7 @@ from ssfilter.data.images import Skipped, write_skipped_csv
 from ssfilter.errors import RunExistsError
 from ssfilter.filtering.clean_export import export_clean as export_clean_folder
 from ssfilter.filtering.clean_export import export_quarantine
+from ssfilter.filtering.contamination import contamination_entry
 from ssfilter.filtering.dataset_filter import filter_dataset
 from ssfilter.filtering.filter_outputs import FilterRecords, summarize, suspicion_order, write_filter_outputs
 from ssfilter.models.dinomaly import DinomalyModel
@@ -120,6 +121,7 @@ def filter_folder(
         return records
     suspicion_order(records)
     entries = dict(extra or {})
+    entries["contamination"] = contamination_entry(records)
     entries["dry_run"] = dry_run
     n_removed = sum(r.decision == "anomalous" for r in records)
     if dry_run:
@@ -140,5 +142,7 @@ def filter_folder(
         write_skipped_csv(skipped, out_dir / SKIPPED_FILE)
     write_filter_outputs(records, out_dir, entries)
     if report:
-        write_filter_report(out_dir, records, summarize(records))
+        write_filter_report(
+            out_dir, records, {**summarize(records), "contamination": entries["contamination"]}
+        )
     return records

@@ -84,6 +84,16 @@ def _summary_rows(
         ["kept as normal", f'<span class="big">{summary.get("n_kept", n - len(removed))}</span>'],
         ["quarantined", f'<span class="big">{summary.get("n_removed", len(removed))}</span>'],
     ]
+    est = summary.get("contamination")
+    if isinstance(est, dict) and est.get("estimate") is not None:
+        truth = f" (true share {pct(est['true'])})" if est.get("true") is not None else ""
+        rows.append(
+            [
+                "estimated share of defective images",
+                f"<b>{pct(est['estimate'])}</b>, {round(100 * est['level'])}% interval {pct(est['low'])} "
+                f"&ndash; {pct(est['high'])}{truth}",
+            ]
+        )
     if not known:
         rows.append(["true labels", "unknown (filter quality cannot be measured on unlabelled data)"])
         return rows
