@@ -122,26 +122,31 @@ def _quarantine_tiles(ordered: Sequence[Any], assets: ReportAssets, known: bool,
             else '<div class="undefined">unreadable</div>'
         )
         truth = f"<br>true label: {_label_text(r.label)}" if known else ""
+        why = f'<br><span class="note">{escape(r.reason)}</span>' if getattr(r, "reason", "") else ""
         tiles.append(
             f'<figure class="tile thumb quarantined" data-rank="{rank}">{img}<figcaption>'
+            f"#{getattr(r, 'rank', 0) or rank + 1} "
             f'<span class="name" title="{escape(r.path)}">{escape(short_name(r.path, 2))}</span><br>'
             f"kept {r.times_kept}/{r.times_seen}<br>A {num(r.mean_score)} &middot; U "
-            f"{num(r.mean_uncertainty)}{truth}</figcaption></figure>"
+            f"{num(r.mean_uncertainty)}{truth}{why}</figcaption></figure>"
         )
     return '<div class="grid">' + "".join(tiles) + "</div>"
 
 
 def _quarantine_table(ordered: Sequence[Any], known: bool) -> str:
     """Every quarantined image: full path, kept count and mean scores (and the true label when known)."""
-    header = ["file", "kept / seen", "mean score A", "mean uncertainty U"] + (["true label"] if known else [])
+    header = ["file", "rank", "kept / seen", "mean score A", "mean uncertainty U"]
+    header += (["true label"] if known else []) + ["reason"]
     rows = [
         [
             f'<span class="name">{escape(r.path)}</span>',
+            str(getattr(r, "rank", 0) or "-"),
             f"{r.times_kept} / {r.times_seen}",
             num(r.mean_score),
             num(r.mean_uncertainty),
         ]
         + ([_label_text(r.label)] if known else [])
+        + [escape(getattr(r, "reason", ""))]
         for r in ordered
     ]
     return table(header, rows, "quarantined-list")
@@ -150,8 +155,15 @@ def _quarantine_table(ordered: Sequence[Any], known: bool) -> str:
 def _quarantined(
     removed: Sequence[Any], assets: ReportAssets, known: bool, max_thumbnails: int, thumb_size: int
 ) -> list[str]:
-    """The quarantined images, least often kept (then highest score) first: thumbnails, then the full list."""
-    ordered = sorted(removed, key=lambda r: (r.times_kept, -_finite(r.mean_score)))
+    """The quarantined images, most suspect first: thumbnails, then the full list.
+
+    In the order of ``filter.csv`` (the records' ``rank``) when ranked, else least often kept (then highest
+    score) first.
+    """
+    if removed and all(getattr(r, "rank", 0) > 0 for r in removed):
+        ordered = sorted(removed, key=lambda r: r.rank)
+    else:
+        ordered = sorted(removed, key=lambda r: (r.times_kept, -_finite(r.mean_score)))
     parts = [f"<h3>Quarantined images ({len(removed)})</h3>"]
     if not removed:
         return parts + ["<p>The filter quarantined no image.</p>"]
