@@ -113,6 +113,8 @@ def test_train_noisy_then_filter_and_export(
         m["reason"] for m in manifest
     )
     assert len(list((review / "suspects").iterdir())) == len(suspects)
+    page = (tmp_path / "q" / "report.html").read_text(encoding="utf-8")
+    assert page.count('class="heatmap"') == len(suspects) > 0  # each suspect's heat-map beside it
     assert _tree_hash(data) == before, "the input folder must stay byte-identical"
 
     # the exported folder is itself a valid ssfilter training folder

@@ -14,21 +14,37 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from PIL import Image
+
 from ssfilter.config import Config
-from ssfilter.data.datasets import Sample
-from ssfilter.data.images import Skipped, write_skipped_csv
+from ssfilter.data.datasets import AnomalyDataset, Sample
+from ssfilter.data.images import ImageReadError, Skipped, read_image, write_skipped_csv
+from ssfilter.data.transforms import transform_for
 from ssfilter.errors import RunExistsError
+from ssfilter.evaluation.evaluate import predict_maps
 from ssfilter.filtering.clean_export import export_clean as export_clean_folder
 from ssfilter.filtering.clean_export import export_quarantine
 from ssfilter.filtering.contamination import contamination_entry
 from ssfilter.filtering.dataset_filter import filter_dataset
-from ssfilter.filtering.filter_outputs import FilterRecords, summarize, suspicion_order, write_filter_outputs
+from ssfilter.filtering.filter_outputs import (
+    FilterRecord,
+    FilterRecords,
+    summarize,
+    suspicion_order,
+    write_filter_outputs,
+)
+from ssfilter.inference.visualize import map_to_original, overlay_image
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.reporting.filter_page import write_filter_report
 from ssfilter.runfolder import FILTER_CSV, FILTER_JSON, SKIPPED_FILE
 from ssfilter.runtime.distributed import is_main_process
 
-__all__ = ["check_filter_destinations", "filter_folder"]
+__all__ = ["check_filter_destinations", "filter_folder", "suspect_heatmaps"]
+
+#: Quarantined images shown in the report with a heat-map (most suspect first).
+HEATMAP_LIMIT = 48
 
 
 def check_filter_destinations(
@@ -142,7 +158,46 @@ def filter_folder(
         write_skipped_csv(skipped, out_dir / SKIPPED_FILE)
     write_filter_outputs(records, out_dir, entries)
     if report:
-        write_filter_report(
-            out_dir, records, {**summarize(records), "contamination": entries["contamination"]}
-        )
+        summary = {**summarize(records), "contamination": entries["contamination"]}
+        write_filter_report(out_dir, records, summary, heatmaps=suspect_heatmaps(model, cfg, records))
     return records
+
+
+@torch.no_grad()
+def suspect_heatmaps(
+    model: DinomalyModel, cfg: Config, records: Sequence[FilterRecord], limit: int = HEATMAP_LIMIT
+) -> dict[str, Image.Image]:
+    """Heat-map overlays of the ``limit`` most suspect quarantined images, on the original image geometry.
+
+    The maps are the model's reconstruction anomaly maps (as ``predict`` draws them), all on one scale:
+    0 at the smallest and 1 at the largest map value among the shown images, so tiles compare.
+    """
+    suspects = [r for r in records if r.decision == "anomalous" and r.rank > 0]
+    suspects = sorted(suspects, key=lambda r: r.rank)[:limit]
+    if not suspects:
+        return {}
+    device = next(model.parameters()).device
+    dataset = AnomalyDataset([Sample(r.path, r.label) for r in suspects], transform_for(cfg, model.encoder))
+    was_training = model.training
+    model.eval()
+    maps = []
+    try:
+        for start in range(0, len(suspects), cfg.data.batch_size):
+            batch = [
+                dataset[i]["image"] for i in range(start, min(start + cfg.data.batch_size, len(suspects)))
+            ]
+            maps.append(predict_maps(model, torch.stack(batch).to(device), cfg.data.crop)[0].float().cpu())
+    finally:
+        model.train(was_training)
+    all_maps = torch.cat(maps).numpy()
+    lo, hi = float(all_maps.min()), float(all_maps.max())
+    out = {}
+    for r, m in zip(suspects, all_maps, strict=True):
+        try:
+            image = read_image(r.path)
+        except (ImageReadError, OSError, ValueError):
+            continue
+        norm = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+        placed = map_to_original(norm, image.width, image.height, cfg.data.resize, cfg.data.crop)
+        out[r.path] = overlay_image(image, placed)
+    return out
