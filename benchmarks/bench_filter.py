@@ -157,7 +157,7 @@ def _filter(
     epochs: int,
     cache: bool,
     ctx: Context,
-    uncertainty: str = "per-image",
+    uncertainty: str = "per-batch",
 ) -> tuple[float, FilterRecords, _Breakdown]:
     samples = discover(data, "train")
     with _instrumented(model) as bd:

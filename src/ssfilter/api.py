@@ -211,7 +211,7 @@ class Detector:
         overwrite: bool = False,
         quarantine: str | Path | None = None,
         dry_run: bool = False,
-        uncertainty: str = "per-image",
+        uncertainty: str = "per-batch",
     ) -> dict[str, Any]:
         """Filter a whole training set with the trained model (paper §3.6).
 
@@ -229,7 +229,7 @@ class Detector:
             overwrite: Replace the results of an earlier filter in ``out``.
             quarantine: Folder to receive the suspects for review (must not exist or be empty).
             dry_run: Write the lists and the report only, no folder.
-            uncertainty: ``"per-image"`` MC-dropout passes (default, fast) or the paper's ``"per-batch"``.
+            uncertainty: The paper's ``"per-batch"`` MC-dropout passes (default) or ``"per-image"`` (fast).
 
         Returns:
             The ``filter.json`` summary.

@@ -97,7 +97,7 @@ def filter_folder(
     source_root: str | os.PathLike[str] | None = None,
     report: bool = True,
     progress: bool = True,
-    uncertainty: str = "per-image",
+    uncertainty: str = "per-batch",
 ) -> FilterRecords:
     """Run the dataset filter over ``samples`` and write its outputs into ``out`` (rank 0 only).
 
@@ -117,7 +117,7 @@ def filter_folder(
         source_root: The data root the kept images' relative layout is taken from.
         report: Also write ``report.html`` (the demo writes a combined page of its own).
         progress: Show a progress bar.
-        uncertainty: ``"per-image"`` MC passes (default) or the paper's ``"per-batch"`` ones.
+        uncertainty: The paper's ``"per-batch"`` MC passes (default) or ``"per-image"`` ones (fast).
 
     Returns:
         The per-image records (every process holds them under ``torchrun``; only rank 0 writes).

@@ -205,18 +205,19 @@ def test_vote_tally_matches_hand_counts() -> None:
 
 
 def test_uncertainty_modes_are_recorded_and_differ_only_in_u(model, cfg, samples, records) -> None:
-    assert records.settings == {"uncertainty": "per-image", "pool": 2 * cfg.batch_filter.mc_passes}
-    paper = filter_dataset(model, samples, cfg, progress=False, seed=7, uncertainty="per-batch")
-    assert paper.settings == {"uncertainty": "per-batch", "pool": None}
-    assert paper.params == records.params
-    for a, b in zip(paper, records, strict=True):
+    assert records.settings == {"uncertainty": "per-batch", "pool": None}  # the paper's, the default
+    fast = filter_dataset(model, samples, cfg, progress=False, seed=7, uncertainty="per-image")
+    assert fast.settings == {"uncertainty": "per-image", "pool": 2 * cfg.batch_filter.mc_passes}
+    assert fast.params == records.params
+    for a, b in zip(records, fast, strict=True):
         assert a.times_seen == b.times_seen
         # A is recomputed per batch in both modes from the same batches: the same mean patch score.
         assert a.mean_score == pytest.approx(b.mean_score, rel=1e-5, abs=1e-7)
         assert math.isfinite(b.mean_uncertainty) and b.mean_uncertainty >= 0
-    fixed = filter_dataset(model, samples, cfg, progress=False, seed=7, pool=cfg.batch_filter.mc_passes)
+    k = cfg.batch_filter.mc_passes
+    fixed = filter_dataset(model, samples, cfg, progress=False, seed=7, uncertainty="per-image", pool=k)
     assert fixed.settings["pool"] == cfg.batch_filter.mc_passes
     with pytest.raises(ValueError, match="pool"):
-        filter_dataset(model, samples, cfg, progress=False, pool=1)
+        filter_dataset(model, samples, cfg, progress=False, uncertainty="per-image", pool=1)
     with pytest.raises(ValueError, match="uncertainty"):
         filter_dataset(model, samples, cfg, progress=False, uncertainty="per-epoch")
