@@ -11,7 +11,9 @@ that second mode:
   Gaussian) and a one- and a two-component Gaussian mixture are fitted; the two-component model is taken
   when its BIC is lower, its upper component has the higher mean by at least ``min_separation`` pooled
   standard deviations, and its weight is below one half (defects are the minority -- the premise of the
-  in-batch filter); otherwise the estimate is 0 (one mode: a clean folder);
+  in-batch filter); otherwise (one clear mode, possibly with a long tail of a few far-off images) the
+  estimate is the share of images above ``median + 4 * 1.4826 * MAD`` of the log-scores -- the robust
+  rule the run's calibration uses -- which reads 0 for a clean folder without outliers;
 * the interval is the percentile bootstrap of the same procedure (``n_boot`` resamples of the images),
   so it covers the uncertainty of the model choice too.
 
@@ -35,6 +37,9 @@ __all__ = ["ContaminationEstimate", "contamination_entry", "estimate_contaminati
 
 #: Minimum distance of the two modes, in pooled standard deviations, for a second mode to count.
 MIN_SEPARATION = 2.0
+#: Robust standard deviations above the median from which an image lies outside the normal mode when no
+#: clear second mode is fitted (the calibration's default ``k``, :mod:`ssfilter.inference.calibration_rules`).
+OUTLIER_K = 4.0
 
 
 @dataclass(frozen=True)
@@ -103,11 +108,19 @@ def _shares(x: np.ndarray, min_separation: float) -> np.ndarray:
     gap = np.abs(mu[:, 0] - mu[:, 1]) / np.sqrt((sd[:, 0] ** 2 + sd[:, 1] ** 2) / 2)
     weight = w[rows, hi]
     ok = better & (gap >= min_separation) & (weight < 0.5) & (np.ptp(x, axis=1) > 0)
-    return np.where(ok, weight, 0.0)
+    return np.where(ok, weight, _outlier_shares(x))
+
+
+def _outlier_shares(x: np.ndarray, k: float = OUTLIER_K) -> np.ndarray:
+    """Share of each row of ``x [R, n]`` above ``median + k * 1.4826 * MAD`` (0 where the MAD is 0)."""
+    med = np.median(x, axis=1, keepdims=True)
+    scale = 1.4826 * np.median(np.abs(x - med), axis=1, keepdims=True)
+    above = (x - med) > k * scale
+    return np.where(scale[:, 0] > 0, above.mean(axis=1), 0.0)
 
 
 def mixture_share(scores: np.ndarray, *, min_separation: float = MIN_SEPARATION) -> float:
-    """Weight of the upper mode of ``log(scores)`` (0 when one Gaussian explains them better).
+    """Weight of the upper mode of ``log(scores)`` (the robust outlier share when there is no clear one).
 
     The two-component fit is the best of EM runs started from the top 2, 5, 10, 20 and 35% of the scores.
 
@@ -166,7 +179,8 @@ def estimate_contamination(
         level=level,
         n=int(x.size),
         score=score_name,
-        method=f"2-component Gaussian mixture on log({score_name}) vs 1 by BIC; {n_boot}-resample bootstrap",
+        method=f"2-Gaussian mixture on log({score_name}) (else robust outliers, median + 4 MAD-sd); "
+        f"{n_boot}-resample bootstrap",
     )
 
 
