@@ -11,13 +11,24 @@ bottleneck + decoder passes, so the cache can at most remove the encoder's and t
 notes give that breakdown and the ratio projected to the paper's kappa_1 = 20 epochs from it (the measured
 runs use fewer epochs to fit the time budget).
 
+Per-image MC passes: the paper's protocol (``uncertainty="per-batch"``: K fresh MC-dropout passes of every
+image in every epoch) vs ssfilter's default (``"per-image"``: ``2 K`` passes per image once, K of them
+redrawn per batch), same seed and batches. The row gives the time ratio and the agreement of the decisions
+(share of identical normal/anomalous calls, share of identical keep counts, mean absolute difference of
+the keep counts). On random weights the agreement only shows the mechanics; the agreement on a trained
+run is measured with ``python -m benchmarks.bench_filter --run RUN`` (see :func:`main`), which also runs
+the paper's protocol with a second seed: the agreement of the paper's protocol with itself is the yardstick.
+
 Scaling: filter time (cached, one epoch) for 1x, 2x and 4x the images; linear scaling reads 2x and 4x.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-from collections.abc import Callable, Iterator
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +41,11 @@ from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, discover
 from ssfilter.data.synthetic import make_synthetic_category
 from ssfilter.filtering.dataset_filter import filter_dataset
-from ssfilter.filtering.filter_outputs import FilterRecords
+from ssfilter.filtering.filter_outputs import FilterRecord, FilterRecords
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.schedule import resolve_schedule
 
-__all__ = ["run"]
+__all__ = ["agreement", "main", "run"]
 
 SECTION = "dataset filter"
 PROJECT_EPOCHS = 20  # the paper's kappa_1
@@ -54,6 +65,8 @@ FULL_SETTINGS = [
     _Setting("paper-448-392", {}, 4, 4, 2),
 ]
 QUICK_SETTINGS = [_Setting("cpu-fast", {"data.resize": 72, "data.crop": 64}, 8, 4, 2)]
+FULL_REUSE = _Setting("cpu-fast", {}, 32, 8, PROJECT_EPOCHS)
+QUICK_REUSE = _Setting("cpu-fast", {"data.resize": 72, "data.crop": 64}, 8, 4, 6)
 FULL_SCALING = _Setting("cpu-fast", {}, 8, 4, 1)
 QUICK_SCALING = _Setting("cpu-fast", {"data.resize": 72, "data.crop": 64}, 4, 4, 1)
 
@@ -110,8 +123,42 @@ def _instrumented(model: DinomalyModel) -> Iterator[_Breakdown]:
                 delattr(obj, attr)
 
 
+def agreement(a: Sequence[FilterRecord], b: Sequence[FilterRecord]) -> dict[str, float]:
+    """How far two filter runs over the same images agree.
+
+    Returns:
+        ``decisions`` (share of identical normal/anomalous calls), ``kept_counts`` (share of identical
+        keep counts), ``kept_mad`` (mean absolute difference of the keep counts), ``removed_a`` /
+        ``removed_b`` (images called anomalous by each run).
+    """
+    if [r.path for r in a] != [r.path for r in b] or not a:
+        raise ValueError("agreement needs two non-empty runs over the same images in the same order")
+    n = len(a)
+    pairs = list(zip(a, b, strict=True))
+    return {
+        "decisions": sum(x.decision == y.decision for x, y in pairs) / n,
+        "kept_counts": sum(x.times_kept == y.times_kept for x, y in pairs) / n,
+        "kept_mad": sum(abs(x.times_kept - y.times_kept) for x, y in pairs) / n,
+        "removed_a": sum(x.decision == "anomalous" for x in a),
+        "removed_b": sum(y.decision == "anomalous" for y in b),
+    }
+
+
+def _agreement_text(agr: dict[str, float]) -> str:
+    return (
+        f"same decisions {100 * agr['decisions']:.1f}%, same keep counts {100 * agr['kept_counts']:.1f}% "
+        f"(mean |diff| {agr['kept_mad']:.2f}), removed {agr['removed_a']:.0f} vs {agr['removed_b']:.0f}"
+    )
+
+
 def _filter(
-    model: DinomalyModel, data: Path, cfg: Config, epochs: int, cache: bool, ctx: Context
+    model: DinomalyModel,
+    data: Path,
+    cfg: Config,
+    epochs: int,
+    cache: bool,
+    ctx: Context,
+    uncertainty: str = "per-batch",
 ) -> tuple[float, FilterRecords, _Breakdown]:
     samples = discover(data, "train")
     with _instrumented(model) as bd:
@@ -126,6 +173,7 @@ def _filter(
             progress=False,
             cache_features=cache,
             seed=0,
+            uncertainty=uncertainty,
         )
         seconds = now() - start
     return seconds, records, bd
@@ -211,6 +259,36 @@ def _cache_rows(s: _Setting, ctx: Context) -> list[Row]:
     ]
 
 
+def _reuse_rows(s: _Setting, ctx: Context) -> list[Row]:
+    """The paper's per-batch MC passes vs the per-image bank: time and agreement of decisions."""
+    cfg = _config(s)
+    model = random_model(cfg, ctx.device)
+    data = _data(s, cfg, ctx, f"reuse_{s.preset}_{s.n}")
+    k = cfg.batch_filter.mc_passes
+    setting = (
+        f"{s.preset} ({cfg.model.backbone}, crop {cfg.data.crop}), {s.n} images, B {s.batch}, K {k}, "
+        f"{s.epochs} epochs, random weights"
+    )
+    ctx.log(f"[{SECTION}] per-batch vs per-image MC passes: {setting}")
+    _warm_up(model, cfg, ctx)
+    t_old, rec_old, _ = _filter(model, data, cfg, s.epochs, True, ctx, uncertainty="per-batch")
+    t_new, rec_new, _ = _filter(model, data, cfg, s.epochs, True, ctx, uncertainty="per-image")
+    agr = agreement(rec_old, rec_new)
+    return [
+        Row(
+            SECTION,
+            setting,
+            "per-batch MC passes (paper)",
+            t_old,
+            f"per-image MC passes (pool {2 * k})",
+            t_new,
+            "s",
+            notes=_agreement_text(agr),
+            extra=agr,
+        )
+    ]
+
+
 def _scaling_rows(s: _Setting, ctx: Context) -> list[Row]:
     cfg = _config(s)
     model = random_model(cfg, ctx.device)
@@ -252,5 +330,97 @@ def run(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     for s in QUICK_SETTINGS if ctx.quick else FULL_SETTINGS:
         rows += _cache_rows(s, ctx)
+    rows += _reuse_rows(QUICK_REUSE if ctx.quick else FULL_REUSE, ctx)
     rows += _scaling_rows(QUICK_SCALING if ctx.quick else FULL_SCALING, ctx)
     return rows
+
+
+# -- agreement on a trained run (python -m benchmarks.bench_filter --run RUN) ------------------------------
+
+
+def _run_samples(run_dir: Path, data: Path | None) -> tuple[Any, list[Any]]:
+    """The trained run and the images to filter: ``data``, else the run's (noisy) training set."""
+    from ssfilter.data.noise import NoiseSplit, apply_split
+    from ssfilter.data.validation import prepare_training_samples
+    from ssfilter.inference.run import load_run_folder
+    from ssfilter.runfolder import NOISE_SPLIT_FILE
+
+    loaded = load_run_folder(run_dir, "cpu", calibration="skip")
+    if data is not None:
+        return loaded, prepare_training_samples(data)[0]
+    split = run_dir / NOISE_SPLIT_FILE
+    if split.is_file() and loaded.data is not None:
+        return loaded, apply_split(loaded.data, NoiseSplit.load(split))[0]
+    if loaded.data is None:
+        raise SystemExit(f"{run_dir} records no training data: pass --data")
+    return loaded, prepare_training_samples(loaded.data)[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Time and compare the paper's per-batch MC passes with the per-image bank on a trained run.
+
+    Prints one JSON document: the seconds of each run, the speed-up, the agreement of the per-image run
+    (and of the paper's protocol with another seed, the yardstick) with the paper's protocol, and the
+    label-based summary of each run when the labels are known.
+    """
+    from ssfilter.filtering.filter_outputs import summarize
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_filter", description=main.__doc__)
+    p.add_argument("--run", type=Path, required=True, help="trained run folder")
+    p.add_argument("--data", type=Path, default=None, help="folder to filter (default: the run's)")
+    p.add_argument("--subset", type=int, default=0, help="first N normal images + all anomalous (0: all)")
+    p.add_argument("--epochs", type=int, default=None, help="kappa_1 (default: the run's config)")
+    p.add_argument("--min-keep", type=int, default=None, help="kappa_2 (default: the run's config)")
+    p.add_argument("--pools", default="", help="comma separated pools of the per-image bank (default 2K)")
+    p.add_argument("--seed-baseline", action="store_true", help="also run the paper's protocol with seed 1")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = p.parse_args(argv)
+    loaded, samples = _run_samples(args.run, args.data)
+    if args.subset:
+        normal = [x for x in samples if x.label != 1][: args.subset]
+        samples = normal + [x for x in samples if x.label == 1]
+    cfg, model = loaded.config, loaded.model
+    k = cfg.batch_filter.mc_passes
+    pools = [int(x) for x in args.pools.split(",") if x.strip()] or [2 * k]
+
+    def timed(mode: str, pool: int | None = None, seed: int = 0) -> tuple[float, FilterRecords]:
+        start = now()
+        recs = filter_dataset(
+            model, samples, cfg, epochs=args.epochs, min_keep=args.min_keep, progress=False,
+            seed=seed, uncertainty=mode, pool=pool,
+        )  # fmt: skip
+        return now() - start, recs
+
+    out: dict[str, Any] = {
+        "run": str(args.run),
+        "n": len(samples),
+        "K": k,
+        "threads": torch.get_num_threads(),
+    }
+    t_old, old = timed("per-batch")
+    out["per_batch"] = {"seconds": t_old, "summary": summarize(old)}
+    for pool in pools:
+        t_new, new = timed("per-image", pool)
+        out[f"per_image_pool{pool}"] = {
+            "seconds": t_new,
+            "speedup": t_old / t_new,
+            "agreement": agreement(old, new),
+            "summary": summarize(new),
+        }
+        print(json.dumps(out, indent=1), flush=True)
+    if args.seed_baseline:
+        t_b, base = timed("per-batch", seed=1)
+        out["per_batch_seed1"] = {
+            "seconds": t_b,
+            "agreement": agreement(old, base),
+            "summary": summarize(base),
+        }
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -215,18 +215,15 @@ class Detector:
         export_clean: str | Path | None = None,
         progress: bool = True,
         overwrite: bool = False,
+        quarantine: str | Path | None = None,
+        dry_run: bool = False,
+        uncertainty: str = "per-batch",
     ) -> dict[str, Any]:
         """Filter a whole training set with the trained model (paper §3.6).
 
-        Runs ``epochs`` (kappa_1) random epochs of the in-batch filter and calls an image normal when
-        it was kept more than ``min_keep`` (kappa_2) times. Writes ``out/filter.csv`` and
-        ``out/filter.json``; with ``export_clean`` also lays the kept images out as a training folder
-        (links where possible). The input folder is never modified. Unreadable images are left out
-        and listed in ``out/skipped.csv``. Nothing is written until the filter has finished, and the
-        outputs appear in the order: the clean folder, ``skipped.csv``, ``filter.csv``/``filter.json``,
-        then ``report.html`` (summary, score scatter, thumbnails of the quarantined images), so an
-        interrupted run leaves ``out`` as it was and no clean folder (which is built under a
-        hidden ``.NAME.*.partial`` name and renamed when complete).
+        ``epochs`` (kappa_1) random epochs of the in-batch filter; normal when kept more than ``min_keep``
+        (kappa_2) times. The outputs, their order and guarantees are those of
+        :func:`~ssfilter.pipelines.filter_run.filter_folder`; the input folder is never modified.
 
         Args:
             data: Folder to filter; default: the run's training set (with its injected noise, if any).
@@ -236,15 +233,18 @@ class Detector:
             export_clean: Folder to receive the kept images (must not exist or be empty).
             progress: Show a progress bar.
             overwrite: Replace the results of an earlier filter in ``out``.
+            quarantine: Folder to receive the suspects for review (must not exist or be empty).
+            dry_run: Write the lists and the report only, no folder.
+            uncertainty: The paper's ``"per-batch"`` MC-dropout passes (default) or ``"per-image"`` (fast).
 
         Returns:
             The ``filter.json`` summary.
 
         Raises:
-            RunExistsError: ``out`` holds a finished filter and ``overwrite`` is false.
-            FileExistsError: ``export_clean`` exists and is not an empty folder (checked before filtering).
+            RunExistsError, FileExistsError: a destination is taken (``check_filter_destinations``).
         """
-        check_filter_destinations(out, export_clean, overwrite)
+        check_filter_destinations(out, export_clean, overwrite, quarantine)
+        opts = {"quarantine": quarantine, "dry_run": dry_run, "uncertainty": uncertainty}
         model = self._ensure_model()
         samples, skipped = self._filter_samples_and_skipped(data)
         records = filter_folder(
@@ -259,6 +259,7 @@ class Detector:
             export_clean=export_clean,
             source_root=Path(data) if data is not None else self.data,
             progress=progress,
+            **opts,
         )
         if not is_main_process():  # torchrun: every process holds the merged records, rank 0 writes
             return summarize(records)

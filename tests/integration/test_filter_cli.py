@@ -62,7 +62,16 @@ def test_train_noisy_then_filter_and_export(
     assert code == 0
     with (out / "filter.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["path", "times_seen", "times_kept", "mean_score", "mean_uncertainty", "decision"]
+    assert list(rows[0])[:6] == [
+        "path",
+        "times_seen",
+        "times_kept",
+        "mean_score",
+        "mean_uncertainty",
+        "decision",
+    ]
+    assert list(rows[0])[6:] == ["rank", "reason"]
+    assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     assert len(rows) == 8 + 2  # the run's training set: clean images + injected anomalies
     assert all(int(r["times_seen"]) == 4 for r in rows)
     for r in rows:
@@ -73,6 +82,41 @@ def test_train_noisy_then_filter_and_export(
     exported = list((clean / "train" / "good").iterdir())
     assert len(exported) == len(kept)
     assert _tree_hash(data) == before, "the input folder must never change"
+
+    # --dry-run: the lists and the report only, even with --export-clean / --quarantine given
+    dry, planned_clean, planned_review = tmp_path / "dry", tmp_path / "clean2", tmp_path / "review2"
+    base = ["-q", "filter", "--run", str(run), "--epochs", "4", "--min-keep", "1", "--device", "cpu"]
+    dry_args = ["--out", str(dry), "--export-clean", str(planned_clean), "--quarantine", str(planned_review)]
+    assert main([*base, *dry_args, "--dry-run"]) == 0
+    assert not planned_clean.exists() and not planned_review.exists()
+    written = {p.name for p in dry.iterdir()}
+    assert written <= {"filter.csv", "filter.json", "report.html", "report_assets", "skipped.csv"}
+    assert {"filter.csv", "filter.json", "report.html"} <= written
+    doc = json.loads((dry / "filter.json").read_text())
+    assert doc["dry_run"] is True and "export_clean" not in doc and "quarantine" not in doc
+    assert doc["export_clean_planned"]["images"] == doc["n_kept"]
+    assert doc["quarantine_planned"]["images"] == doc["n_removed"]
+    est = doc["contamination"]
+    assert est["low"] <= est["estimate"] <= est["high"] and est["true"] == doc["noise_rate_before"]
+    assert "estimated share of defective images" in (dry / "report.html").read_text(encoding="utf-8")
+
+    # --quarantine: the suspects, most suspect first, for review
+    review = tmp_path / "review"
+    strict = [*base[:-4], "--min-keep", "3", "--device", "cpu"]  # kept in all 4 epochs: some suspects
+    assert main([*strict, "--out", str(tmp_path / "q"), "--quarantine", str(review)]) == 0
+    with (tmp_path / "q" / "filter.csv").open() as fh:
+        q_rows = list(csv.DictReader(fh))
+    suspects = [r for r in q_rows if r["decision"] == "anomalous"]
+    with (review / "manifest.csv").open() as fh:
+        manifest = list(csv.DictReader(fh))
+    assert [m["source"] for m in manifest] == [str(Path(r["path"]).resolve()) for r in suspects]
+    assert [m["reason"] for m in manifest] == [r["reason"] for r in suspects] and all(
+        m["reason"] for m in manifest
+    )
+    assert len(list((review / "suspects").iterdir())) == len(suspects)
+    page = (tmp_path / "q" / "report.html").read_text(encoding="utf-8")
+    assert page.count('class="heatmap"') == len(suspects) > 0  # each suspect's heat-map beside it
+    assert _tree_hash(data) == before, "the input folder must stay byte-identical"
 
     # the exported folder is itself a valid ssfilter training folder
     assert (

@@ -174,6 +174,9 @@ def cmd_filter(args: argparse.Namespace) -> int:
         export_clean=args.export_clean,
         progress=not args.quiet,
         overwrite=args.overwrite,
+        quarantine=args.quarantine,
+        dry_run=args.dry_run,
+        uncertainty=args.uncertainty,
     )
     if is_main_process():
         print(json.dumps(summary, indent=2))

@@ -158,6 +158,25 @@ def _add_filter(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--export-clean", type=Path, default=None, help="lay out the kept images as a training folder"
     )
+    p.add_argument(
+        "--quarantine",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="lay out the suspects for review in DIR/suspects, most suspect first (links or copies)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write filter.csv/json and the report only; no --export-clean / --quarantine folder",
+    )
+    p.add_argument(
+        "--uncertainty",
+        choices=("per-image", "per-batch"),
+        default="per-batch",
+        help="MC-dropout passes per batch in every epoch (default, the paper's protocol) or once per "
+        "image, redrawn per batch (about 17x faster on a CPU; its decisions differ, see the README)",
+    )
     add_data_format_options(p, categories=False)
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument(

@@ -101,14 +101,21 @@ class BatchFilter:
     # -- scoring and selection -------------------------------------------------------------------
 
     @torch.no_grad()
-    def score(self, model: DinomalyModel, feats: EncoderFeatures) -> tuple[Tensor | None, Uncertainty | None]:
-        """Patch comparison scores ``A`` and MC-dropout uncertainty of a batch (as configured)."""
+    def score(
+        self, model: DinomalyModel, feats: EncoderFeatures, *, mc: bool = True
+    ) -> tuple[Tensor | None, Uncertainty | None]:
+        """Patch comparison scores ``A`` and MC-dropout uncertainty of a batch (as configured).
+
+        ``mc=False`` skips the MC passes (the caller brings its own uncertainties).
+        """
         cfg = self.cfg
         a = None
         if cfg.patch_scoring and feats.batch_size >= 2:
             desc = self.descriptors(model, feats)
             a = batch_anomaly_scores(desc, cfg.patch_topk_ratio, cfg.image_topk_ratio, cfg.block_rows)
-        unc = mc_uncertainty(model, feats, cfg.mc_passes, cfg.image_topk_ratio) if cfg.uncertainty else None
+        unc = None
+        if cfg.uncertainty and mc:
+            unc = mc_uncertainty(model, feats, cfg.mc_passes, cfg.image_topk_ratio)
         return a, unc
 
     def descriptors(self, model: DinomalyModel, feats: EncoderFeatures) -> Tensor:
@@ -119,11 +126,21 @@ class BatchFilter:
 
     @torch.no_grad()
     def select(
-        self, iteration: int, model: DinomalyModel, feats: EncoderFeatures, images: Tensor | None = None
+        self,
+        iteration: int,
+        model: DinomalyModel,
+        feats: EncoderFeatures,
+        images: Tensor | None = None,
+        *,
+        uncertainty: Tensor | None = None,
     ) -> BatchSelection:
-        """Score and select one batch; with ``images``, also extract materials of the candidates."""
+        """Score and select one batch; with ``images``, also extract materials of the candidates.
+
+        ``uncertainty`` ``[B]``: precomputed ``U`` (the dataset filter's per-image bank) used instead of
+        running the MC passes; the selection then has no :class:`Uncertainty` and extracts no materials.
+        """
         cfg = self.cfg
-        a, unc = self.score(model, feats)
+        a, unc = self.score(model, feats, mc=uncertainty is None)
         b = feats.batch_size
         if b < 2:
             # Small-batch guard: comparison needs other images; a single image is simply kept.
@@ -131,7 +148,9 @@ class BatchFilter:
                 torch.zeros(b), torch.zeros(b), iteration=iteration, cold_start_iters=self.cold_start_iters
             )
             return BatchSelection(decision, a, unc)
-        u = unc.uncertainty.cpu() if unc is not None else None
+        u = unc.uncertainty.cpu() if unc is not None else uncertainty
+        if not cfg.uncertainty:
+            u = None
         decision = synergy_select(
             a.cpu() if a is not None else None,
             u,

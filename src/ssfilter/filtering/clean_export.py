@@ -1,10 +1,14 @@
-"""Clean export: the images the dataset filter judged normal, laid out as a new training folder.
+"""Clean export and quarantine: the dataset filter's two piles of images, laid out as folders.
 
-``dest/train/good/<name>`` holds links to (or copies of) the kept images and ``dest/manifest.csv`` maps each
-exported file to its source. The user's files are only ever read: the destination may not lie inside a source
-folder, names are flat and sanitised so nothing is written outside ``dest``, and the tree is built in a
-hidden staging folder beside ``dest`` and renamed into place, so ``dest`` appears complete or not at all.
-A staging folder left by a killed export of this machine is removed by the next export to the same place.
+Clean export: ``dest/train/good/<name>`` holds links to (or copies of) the images judged normal and
+``dest/manifest.csv`` maps each exported file to its source. Quarantine (:func:`export_quarantine`):
+``dest/suspects/<rank>_<name>`` holds the images judged anomalous, most suspect first in name order, for a
+person to review, and its ``manifest.csv`` adds each one's rank, keep count and reason.
+
+The user's files are only ever read: the destination may not lie inside a source folder, names are flat and
+sanitised so nothing is written outside ``dest``, and the tree is built in a hidden staging folder beside
+``dest`` and renamed into place, so ``dest`` appears complete or not at all. A staging folder left by a
+killed export of this machine is removed by the next export to the same place.
 """
 
 from __future__ import annotations
@@ -22,18 +26,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from ssfilter.filtering.filter_outputs import FilterRecord
+from ssfilter.filtering.filter_outputs import FilterRecord, suspicion_order
 from ssfilter.io import atomic_writer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_SUBDIR", "MANIFEST_CSV", "ExportMode", "export_clean", "export_name", "staging_prefix"]
+__all__ = [
+    "EXPORT_SUBDIR",
+    "MANIFEST_CSV",
+    "QUARANTINE_SUBDIR",
+    "ExportMode",
+    "export_clean",
+    "export_name",
+    "export_quarantine",
+    "staging_prefix",
+]
 
 ExportMode = Literal["auto", "symlink", "hardlink", "copy"]
 
 MANIFEST_CSV = "manifest.csv"
 #: Where :func:`export_clean` puts the kept images (MVTec / anomalib ``Folder`` normal-image folder).
 EXPORT_SUBDIR = Path("train") / "good"
+#: Where :func:`export_quarantine` puts the suspects.
+QUARANTINE_SUBDIR = Path("suspects")
 
 _MODES = ("auto", "symlink", "hardlink", "copy")
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
@@ -106,30 +121,36 @@ def _check_destination(
             raise ValueError(f"refusing to export into '{out}': it lies inside the source folder '{folder}'")
 
 
-def _kept_images(records: Sequence[FilterRecord]) -> list[FilterRecord]:
-    """The records judged normal, each checked to still exist (the export fails before writing anything)."""
-    kept = [r for r in records if r.decision == "normal"]
-    for r in kept:
+def _existing(records: Sequence[FilterRecord], what: str) -> list[FilterRecord]:
+    """``records``, each checked to still exist (the export fails before writing anything)."""
+    for r in records:
         if not os.path.isfile(r.path):
             raise FileNotFoundError(
-                f"kept image '{r.path}' does not exist (moved or deleted after filtering?)"
+                f"{what} image '{r.path}' does not exist (moved or deleted after filtering?)"
             )
-    return kept
+    return list(records)
 
 
 def _lay_out(
-    good: Path, kept: Sequence[FilterRecord], root: str | None, mode: ExportMode
+    good: Path,
+    kept: Sequence[FilterRecord],
+    root: str | None,
+    mode: ExportMode,
+    subdir: Path = EXPORT_SUBDIR,
+    ranked: bool = False,
 ) -> list[tuple[str, str]]:
-    """Link or copy every kept image into ``good``; returns the manifest rows ``(source, exported)``.
+    """Link or copy every image into ``good``; returns the manifest rows ``(source, exported)``.
 
-    ``auto`` tries symlinks and, at the first failure, copies this and every later image.
+    ``auto`` tries symlinks and, at the first failure, copies this and every later image. ``ranked``
+    prefixes each name with the record's 4-digit rank.
     """
     used: set[str] = set()
     rows: list[tuple[str, str]] = []
     link = mode in ("auto", "symlink")
     for r in kept:
         src = os.path.abspath(r.path)
-        name = _unique(export_name(src, root), used)
+        base = export_name(src, root)
+        name = _unique(f"{r.rank:04d}_{base}" if ranked else base, used)
         target = good / name
         if link:
             try:
@@ -143,7 +164,7 @@ def _lay_out(
                 os.link(src, target)
             else:
                 shutil.copy2(src, target)
-        rows.append((src, (EXPORT_SUBDIR / name).as_posix()))
+        rows.append((src, (subdir / name).as_posix()))
     return rows
 
 
@@ -178,25 +199,69 @@ def export_clean(
         FileExistsError: ``dest`` exists and is not an empty folder.
         FileNotFoundError: A kept image no longer exists.
     """
+    kept = [r for r in records if r.decision == "normal"]
+    return _export(records, kept, dest, source_root, mode, quarantine=False)
+
+
+def export_quarantine(
+    records: Sequence[FilterRecord],
+    dest: str | os.PathLike[str],
+    *,
+    source_root: str | os.PathLike[str] | None = None,
+    mode: ExportMode = "auto",
+) -> Path:
+    """Lay out the images judged anomalous for review: ``dest/suspects/<rank>_<name>`` + ``manifest.csv``.
+
+    Names start with the 4-digit suspicion rank (:func:`~ssfilter.filtering.filter_outputs.suspicion_order`
+    is applied to ``records``), so a file browser lists the most suspect image first; ``manifest.csv`` has
+    ``source, exported, rank, times_kept, times_seen, reason``. The same guarantees as :func:`export_clean`:
+    the sources are only read, ``dest`` must be new or empty and outside the source folders, and it appears
+    complete or not at all.
+
+    Raises:
+        ValueError: Unknown mode, or ``dest`` inside a source folder.
+        FileExistsError: ``dest`` exists and is not an empty folder.
+        FileNotFoundError: A quarantined image no longer exists.
+    """
+    suspects = [r for r in suspicion_order(records) if r.decision == "anomalous"]
+    return _export(records, suspects, dest, source_root, mode, quarantine=True)
+
+
+def _export(
+    records: Sequence[FilterRecord],
+    chosen: Sequence[FilterRecord],
+    dest: str | os.PathLike[str],
+    source_root: str | os.PathLike[str] | None,
+    mode: ExportMode,
+    *,
+    quarantine: bool,
+) -> Path:
+    """Check ``dest``, lay ``chosen`` out in a staging folder with its manifest, rename it into place."""
     if mode not in _MODES:
         raise ValueError(f"unknown export mode {mode!r}; choose auto, symlink, hardlink or copy")
     out = Path(os.path.abspath(dest))
     _check_destination(out, records, source_root)
-    kept = _kept_images(records)
-    if not kept:
-        warnings.warn("the dataset filter kept no image; the exported folder is empty", stacklevel=2)
-
+    chosen = _existing(chosen, "quarantined" if quarantine else "kept")
+    if not chosen and not quarantine:
+        warnings.warn("the dataset filter kept no image; the exported folder is empty", stacklevel=3)
+    subdir = QUARANTINE_SUBDIR if quarantine else EXPORT_SUBDIR
     root = None if source_root is None else os.fspath(source_root)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = _make_staging(out)
     try:
-        good = staging / EXPORT_SUBDIR
-        good.mkdir(parents=True)
-        rows = _lay_out(good, kept, root, mode)
+        (staging / subdir).mkdir(parents=True)
+        rows = _lay_out(staging / subdir, chosen, root, mode, subdir, ranked=quarantine)
         with atomic_writer(staging / MANIFEST_CSV, "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["source", "exported"])
-            writer.writerows(rows)
+            if quarantine:
+                writer.writerow(["source", "exported", "rank", "times_kept", "times_seen", "reason"])
+                writer.writerows(
+                    (*row, r.rank, r.times_kept, r.times_seen, r.reason)
+                    for row, r in zip(rows, chosen, strict=True)
+                )
+            else:
+                writer.writerow(["source", "exported"])
+                writer.writerows(rows)
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(staging, out)

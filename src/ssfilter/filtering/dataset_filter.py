@@ -20,6 +20,14 @@ Choices where the paper is silent (this module's contract):
   MC-dropout masks of batch ``j`` of epoch ``e`` come from a generator seeded with ``(seed, e, j)``, so
   they do not depend on which batches were filtered before or by which process. The caller's global
   random state is left untouched.
+* **Uncertainty** (``uncertainty=``). ``"per-image"`` (opt-in, fast): every image's MC-dropout passes are run
+  once, ``pool`` of them (default ``2 K``), and each filtered batch draws K of each image's pass scores
+  (seeded by ``(seed, e, j)``) for its ``u_i`` -- valid because ``u_i`` depends on the image and the
+  dropout masks only, never on the batch (see :mod:`ssfilter.filtering.uncertainty_bank`); the patch
+  scores ``A`` and the split are recomputed per batch. ``"per-batch"`` (default): the paper's protocol, K
+  fresh passes per image in every epoch (kappa_1 times the decoder work). The per-image mode is about 17x
+  faster but its decisions differ materially from the paper's (README, "The dataset filter"), so it is
+  not the default.
 * **Features.** The encoder is frozen and deterministic, so with ``cache_features=True`` each image is
   encoded once and its features reused in later epochs, within a memory budget (the trainer's cache).
   The cache is filled up front in data-set order (chunks of ``batch_size``) until the budget is spent, so
@@ -46,6 +54,7 @@ from ssfilter.data.datasets import LABEL_ANOMALOUS, LABEL_NORMAL, LABEL_UNKNOWN,
 from ssfilter.data.transforms import transform_for
 from ssfilter.filtering.batch_filter import BatchFilter, BatchSelection
 from ssfilter.filtering.filter_outputs import Decision, FilterRecord, FilterRecords
+from ssfilter.filtering.uncertainty_bank import UncertaintyBank
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.feature_cache import FeatureCache
 from ssfilter.runtime import distributed
@@ -56,12 +65,17 @@ __all__ = [
     "BatchVotes",
     "DatasetFilter",
     "PlannedBatch",
+    "UNCERTAINTY_MODES",
     "VoteTally",
     "batch_dropout_seed",
     "decide",
     "epoch_batches",
     "filter_dataset",
 ]
+
+
+#: How the dataset filter gets each image's MC-dropout uncertainty (see the module docstring).
+UNCERTAINTY_MODES = ("per-image", "per-batch")
 
 
 def decide(times_kept: int, min_keep: int) -> Decision:
@@ -128,16 +142,23 @@ class BatchVotes:
     uncertainty: np.ndarray | None
 
     @classmethod
-    def from_selection(cls, planned: PlannedBatch, sel: BatchSelection) -> BatchVotes:
-        """The counted part of the in-batch filter's selection of ``planned``, on the CPU."""
+    def from_selection(
+        cls, planned: PlannedBatch, sel: BatchSelection, uncertainty: torch.Tensor | None = None
+    ) -> BatchVotes:
+        """The counted part of the in-batch filter's selection of ``planned``, on the CPU.
+
+        ``uncertainty``: the ``U`` the selection was given (per-image bank), when it ran no MC passes.
+        """
         c = planned.counted
+        if sel.uncertainty is not None:
+            uncertainty = sel.uncertainty.uncertainty
         return cls(
             planned.epoch,
             planned.batch,
             np.asarray(planned.indices[:c]),
             sel.decision.keep[:c].cpu().numpy().astype(np.int64),
             None if sel.scores is None else sel.scores[:c].float().cpu().numpy(),
-            None if sel.uncertainty is None else sel.uncertainty.uncertainty[:c].float().cpu().numpy(),
+            None if uncertainty is None else uncertainty[:c].float().cpu().numpy(),
         )
 
 
@@ -214,15 +235,34 @@ class DatasetFilter:
         min_keep: kappa2; normal when kept more than this many times (default
             ``cfg.dataset_filter.min_keep``).
         seed: Seed of permutations, padding and dropout masks (default ``cfg.train.seed``).
+        uncertainty: ``"per-image"`` (MC passes once per image, redrawn per batch) or ``"per-batch"``
+            (the paper's K fresh passes per batch); see the module docstring.
+        pool: Passes per image of the ``"per-image"`` bank (default ``2 K``; ``K`` fixes ``u_i``).
 
     Raises:
-        ValueError: ``epochs`` or ``min_keep`` out of range.
+        ValueError: ``epochs``, ``min_keep``, ``uncertainty`` or ``pool`` out of range.
     """
 
     def __init__(
-        self, cfg: Config, *, epochs: int | None = None, min_keep: int | None = None, seed: int | None = None
+        self,
+        cfg: Config,
+        *,
+        epochs: int | None = None,
+        min_keep: int | None = None,
+        seed: int | None = None,
+        uncertainty: str = "per-batch",
+        pool: int | None = None,
     ) -> None:
         self.cfg = resolve_schedule(cfg)  # the cold start in iterations (the phase it filters in)
+        passes = cfg.batch_filter.mc_passes
+        if uncertainty not in UNCERTAINTY_MODES:
+            raise ValueError(
+                f"uncertainty must be one of {', '.join(UNCERTAINTY_MODES)}, got {uncertainty!r}"
+            )
+        self.uncertainty = uncertainty
+        self.pool = 2 * passes if pool is None else int(pool)
+        if self.pool < passes:
+            raise ValueError(f"pool must be at least the MC passes K = {passes}, got {self.pool}")
         self.epochs = cfg.dataset_filter.epochs if epochs is None else int(epochs)
         self.min_keep = cfg.dataset_filter.min_keep if min_keep is None else int(min_keep)
         self.seed = cfg.train.seed if seed is None else int(seed)
@@ -300,7 +340,11 @@ class DatasetFilter:
             "batch_size": batch_size,
             "seed": self.seed,
         }
-        return FilterRecords(tally.records(samples, self.min_keep), params)
+        settings = {
+            "uncertainty": self.uncertainty,
+            "pool": self.pool if self.uncertainty == "per-image" else None,
+        }
+        return FilterRecords(tally.records(samples, self.min_keep), params, settings)
 
     def _vote(
         self,
@@ -322,23 +366,53 @@ class DatasetFilter:
         iteration = cfg.batch_filter.cold_start_iters  # regular phase: uncertainty participates
         amp = cfg.train.amp and dev.type == "cuda"
         chunk = min(cfg.data.batch_size, n)
+        use_bank = self.uncertainty == "per-image" and cfg.batch_filter.uncertainty
         votes: list[BatchVotes] = []
-        bar = tqdm(total=len(batches), disable=not progress, desc="filter", unit="batch", dynamic_ncols=True)
         rng_devices = [dev.index or 0] if dev.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                    _warm_cache(cache, n, chunk)
+        with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                _warm_cache(cache, n, chunk)
+                bank = self._bank(model, cache, n, dev, progress=progress) if use_bank else None
+            bar = tqdm(
+                total=len(batches), disable=not progress, desc="filter", unit="batch", dynamic_ncols=True
+            )
+            try:
                 for planned in batches:
-                    seed_torch(batch_dropout_seed(self.seed, planned.epoch, planned.batch), dev)
+                    batch_seed = batch_dropout_seed(self.seed, planned.epoch, planned.batch)
+                    seed_torch(batch_seed, dev)
+                    u = None
+                    if bank is not None:
+                        u = bank.draw(planned.indices, torch.Generator().manual_seed(batch_seed))
                     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                         feats = cache.features_for(planned.indices)
-                        sel = batch_filter.select(iteration, model, feats)
-                    votes.append(BatchVotes.from_selection(planned, sel))
+                        sel = batch_filter.select(iteration, model, feats, uncertainty=u)
+                    votes.append(BatchVotes.from_selection(planned, sel, u))
                     bar.update(1)
+            finally:
+                bar.close()
+        return votes
+
+    def _bank(
+        self, model: DinomalyModel, cache: FeatureCache, n: int, dev: torch.device, *, progress: bool
+    ) -> UncertaintyBank:
+        """Run ``pool`` MC-dropout passes of every image once (the ``"per-image"`` uncertainty)."""
+        cfg = self.cfg
+        bar = tqdm(total=n, disable=not progress, desc="MC passes", unit="img", dynamic_ncols=True)
+        try:
+            return UncertaintyBank.build(
+                model,
+                cache,
+                n,
+                passes=cfg.batch_filter.mc_passes,
+                pool=self.pool,
+                chunk=min(cfg.data.batch_size, n),
+                image_topk_ratio=cfg.batch_filter.image_topk_ratio,
+                seed=self.seed,
+                device=dev,
+                step=bar.update,
+            )
         finally:
             bar.close()
-        return votes
 
 
 def filter_dataset(
@@ -353,6 +427,8 @@ def filter_dataset(
     cache_features: bool = True,
     seed: int | None = None,
     cache_bytes: int = 4 << 30,
+    uncertainty: str = "per-batch",
+    pool: int | None = None,
 ) -> FilterRecords:
     """Classify every training image as normal or anomalous with a trained model (paper §3.6).
 
@@ -368,6 +444,9 @@ def filter_dataset(
         cache_features: Encode each image once and reuse its features across epochs.
         seed: Seed of permutations, padding and dropout masks (default ``cfg.train.seed``).
         cache_bytes: Memory budget of the feature cache; beyond it features are recomputed.
+        uncertainty: ``"per-batch"`` (default; the paper's fresh passes in every epoch) or ``"per-image"``
+            (MC passes once per image, redrawn per batch; fast, decisions differ).
+        pool: Passes per image of the per-image bank (default ``2 K``).
 
     Returns:
         One record per sample, in the order of ``samples``, with the parameters in ``.params``. Under
@@ -377,7 +456,9 @@ def filter_dataset(
     Raises:
         ValueError: Fewer than 2 images, a batch size below 2, or ``epochs`` / ``min_keep`` out of range.
     """
-    dataset_filter = DatasetFilter(cfg, epochs=epochs, min_keep=min_keep, seed=seed)
+    dataset_filter = DatasetFilter(
+        cfg, epochs=epochs, min_keep=min_keep, seed=seed, uncertainty=uncertainty, pool=pool
+    )
     return dataset_filter.run(
         model,
         samples,

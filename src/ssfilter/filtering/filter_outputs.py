@@ -24,15 +24,31 @@ __all__ = [
     "Decision",
     "FilterRecord",
     "FilterRecords",
+    "HIGH_Z",
     "PARAM_KEYS",
+    "robust_z",
+    "suspicion_order",
     "summarize",
     "write_filter_outputs",
 ]
 
 Decision = Literal["normal", "anomalous"]
 
-#: Columns of ``filter.csv`` (SPEC §11), in order.
-CSV_FIELDS = ["path", "times_seen", "times_kept", "mean_score", "mean_uncertainty", "decision"]
+#: Columns of ``filter.csv``: SPEC §11's six, then the suspicion ``rank`` (1 = most suspect; the rows are
+#: written in this order) and the ``reason`` a quarantined image was quarantined (empty when kept).
+CSV_FIELDS = [
+    "path",
+    "times_seen",
+    "times_kept",
+    "mean_score",
+    "mean_uncertainty",
+    "decision",
+    "rank",
+    "reason",
+]
+
+#: Robust z-score (median / MAD over the folder) from which a mean score counts as "high" in a reason.
+HIGH_Z = 3.0
 
 #: The dataset filter's parameters written under ``"params"`` in ``filter.json``.
 PARAM_KEYS = ("epochs", "min_keep", "batch_size", "seed")
@@ -51,6 +67,8 @@ class FilterRecord:
         decision: ``"normal"`` when ``times_kept > min_keep``, else ``"anomalous"``.
         label: True label when known (0 normal, 1 anomalous), -1 otherwise; used for the summary only and
             never written to ``filter.csv``.
+        rank: Suspicion rank in the folder, 1 = most suspect (0 until :func:`suspicion_order` ran).
+        reason: Why a quarantined image was quarantined (empty for kept images).
     """
 
     path: str
@@ -60,14 +78,26 @@ class FilterRecord:
     mean_uncertainty: float
     decision: Decision
     label: int = LABEL_UNKNOWN
+    rank: int = 0
+    reason: str = ""
 
 
 class FilterRecords(list[FilterRecord]):
-    """A list of :class:`FilterRecord` with the dataset filter's parameters (for ``filter.json``)."""
+    """A list of :class:`FilterRecord` with the dataset filter's parameters (for ``filter.json``).
 
-    def __init__(self, records: Sequence[FilterRecord] = (), params: dict[str, Any] | None = None) -> None:
+    ``params`` holds the vote's parameters (:data:`PARAM_KEYS`); ``settings`` how the scores were obtained
+    (e.g. ``uncertainty`` mode and ``pool``), written under ``"settings"``.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[FilterRecord] = (),
+        params: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(records)
         self.params: dict[str, Any] = dict(params or {})
+        self.settings: dict[str, Any] = dict(settings or {})
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -105,6 +135,67 @@ def summarize(records: Sequence[FilterRecord]) -> dict[str, Any]:
     return out
 
 
+def robust_z(values: Sequence[float]) -> list[float]:
+    """``(x - median) / (1.4826 MAD)`` over the finite values (NaN stays NaN).
+
+    When the MAD is 0 (more than half the values equal) the standard deviation is the scale, and when
+    that is 0 too every z is 0.
+    """
+    finite = sorted(v for v in values if math.isfinite(v))
+    if not finite:
+        return [math.nan] * len(values)
+    med = _median(finite)
+    scale = 1.4826 * _median(sorted(abs(v - med) for v in finite))
+    if scale <= 0 and len(finite) > 1:
+        mean = sum(finite) / len(finite)
+        scale = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+    return [math.nan if not math.isfinite(v) else ((v - med) / scale if scale > 0 else 0.0) for v in values]
+
+
+def _median(sorted_values: Sequence[float]) -> float:
+    n = len(sorted_values)
+    mid = n // 2
+    return sorted_values[mid] if n % 2 else (sorted_values[mid - 1] + sorted_values[mid]) / 2
+
+
+def _reason(r: FilterRecord, z_a: float, z_u: float, min_keep: int | None) -> str:
+    """Why ``r`` was quarantined: its keep count, and which of its mean scores stands out in the folder."""
+    need = f" (normal needs more than {min_keep})" if min_keep is not None else ""
+    parts = [f"kept {r.times_kept} of {r.times_seen} epochs{need}"]
+    high = [f"{name} high (robust z {z:.1f})" for name, z in (("A", z_a), ("U", z_u)) if z >= HIGH_Z]
+    if high:
+        parts += high
+    elif max((z for z in (z_a, z_u) if math.isfinite(z)), default=math.nan) > 0:
+        parts.append("ranked in the upper half of its batches by A and U, neither extreme")
+    else:
+        parts.append("atypical within its batches only (A and U not above the folder's median)")
+    return "; ".join(parts)
+
+
+def suspicion_order(records: Sequence[FilterRecord], min_keep: int | None = None) -> list[FilterRecord]:
+    """Rank the records by suspicion (sets ``rank`` and ``reason``) and return them most suspect first.
+
+    Fewest keeps first; ties by the mean of the robust z-scores of ``A`` and ``U`` over the folder
+    (higher first), then by path. ``reason`` is set on quarantined records only. ``min_keep`` defaults to
+    the records' ``params["min_keep"]`` when present.
+    """
+    if min_keep is None:
+        min_keep = (getattr(records, "params", None) or {}).get("min_keep")
+    z_a = robust_z([r.mean_score for r in records])
+    z_u = robust_z([r.mean_uncertainty for r in records])
+
+    def combined(i: int) -> float:
+        zs = [z for z in (z_a[i], z_u[i]) if math.isfinite(z)]
+        return sum(zs) / len(zs) if zs else 0.0
+
+    order = sorted(range(len(records)), key=lambda i: (records[i].times_kept, -combined(i), records[i].path))
+    for rank, i in enumerate(order, start=1):
+        r = records[i]
+        r.rank = rank
+        r.reason = _reason(r, z_a[i], z_u[i], min_keep) if r.decision == "anomalous" else ""
+    return [records[i] for i in order]
+
+
 def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.6g}"
 
@@ -112,7 +203,9 @@ def _fmt(value: float) -> str:
 def write_filter_outputs(
     records: Sequence[FilterRecord], out_dir: str | os.PathLike[str], extra: dict[str, Any] | None = None
 ) -> tuple[Path, Path]:
-    """Write ``filter.csv`` (SPEC §11 columns, one row per image) and ``filter.json`` atomically.
+    """Write ``filter.csv`` (one row per image, most suspect first) and ``filter.json`` atomically.
+
+    The rows are ranked by :func:`suspicion_order` (which sets ``rank`` and ``reason`` on the records).
 
     ``filter.json`` holds the :func:`summarize` keys at the top level, ``"params"`` (epochs, min_keep,
     batch_size, seed; taken from a :class:`FilterRecords`, else ``None``) and the keys of ``extra``
@@ -127,12 +220,15 @@ def write_filter_outputs(
     with atomic_writer(csv_path, "w", encoding="utf-8", newline="") as fh:
         fh.write(",".join(CSV_FIELDS) + "\n")
         writer = csv.writer(fh, lineterminator="\n")
-        for r in records:
+        for r in suspicion_order(records):
             mean_a, mean_u = _fmt(r.mean_score), _fmt(r.mean_uncertainty)
-            writer.writerow([r.path, r.times_seen, r.times_kept, mean_a, mean_u, r.decision])
+            writer.writerow(
+                [r.path, r.times_seen, r.times_kept, mean_a, mean_u, r.decision, r.rank, r.reason]
+            )
     params = getattr(records, "params", None) or {}
     doc: dict[str, Any] = summarize(records)
     doc["params"] = {k: params.get(k) for k in PARAM_KEYS}
+    doc["settings"] = dict(getattr(records, "settings", None) or {})
     for key, value in (extra or {}).items():
         if key in doc:
             raise ValueError(f"extra key {key!r} would replace a summary field of {FILTER_JSON}")

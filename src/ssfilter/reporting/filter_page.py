@@ -84,6 +84,16 @@ def _summary_rows(
         ["kept as normal", f'<span class="big">{summary.get("n_kept", n - len(removed))}</span>'],
         ["quarantined", f'<span class="big">{summary.get("n_removed", len(removed))}</span>'],
     ]
+    est = summary.get("contamination")
+    if isinstance(est, dict) and est.get("estimate") is not None:
+        truth = f" (true share {pct(est['true'])})" if est.get("true") is not None else ""
+        rows.append(
+            [
+                "estimated share of defective images",
+                f"<b>{pct(est['estimate'])}</b>, {round(100 * est['level'])}% interval {pct(est['low'])} "
+                f"&ndash; {pct(est['high'])}{truth}",
+            ]
+        )
     if not known:
         rows.append(["true labels", "unknown (filter quality cannot be measured on unlabelled data)"])
         return rows
@@ -101,8 +111,17 @@ def _summary_rows(
     ]
 
 
-def _quarantine_tiles(ordered: Sequence[Any], assets: ReportAssets, known: bool, thumb_size: int) -> str:
-    """A grid of thumbnails (``unreadable`` where an image cannot be read) with kept count and scores."""
+def _quarantine_tiles(
+    ordered: Sequence[Any],
+    assets: ReportAssets,
+    known: bool,
+    thumb_size: int,
+    heatmaps: dict[str, Image.Image] | None = None,
+) -> str:
+    """A grid of thumbnails (``unreadable`` where an image cannot be read) with kept count and scores.
+
+    With ``heatmaps`` (path -> overlay), each suspect's heat-map stands beside its thumbnail.
+    """
     tiles = []
     for rank, r in enumerate(ordered):
         thumb = _thumbnail(r.path, thumb_size)
@@ -111,37 +130,59 @@ def _quarantine_tiles(ordered: Sequence[Any], assets: ReportAssets, known: bool,
             if thumb is not None
             else '<div class="undefined">unreadable</div>'
         )
+        heat = (heatmaps or {}).get(r.path)
+        if heat is not None and thumb is not None:
+            heat = heat.copy()
+            heat.thumbnail((thumb_size, thumb_size), Image.Resampling.LANCZOS)
+            img += f'<img class="heatmap" src="{escape(assets.add_png(heat))}" alt="heat-map">'
         truth = f"<br>true label: {_label_text(r.label)}" if known else ""
+        why = f'<br><span class="note">{escape(r.reason)}</span>' if getattr(r, "reason", "") else ""
         tiles.append(
             f'<figure class="tile thumb quarantined" data-rank="{rank}">{img}<figcaption>'
+            f"#{getattr(r, 'rank', 0) or rank + 1} "
             f'<span class="name" title="{escape(r.path)}">{escape(short_name(r.path, 2))}</span><br>'
             f"kept {r.times_kept}/{r.times_seen}<br>A {num(r.mean_score)} &middot; U "
-            f"{num(r.mean_uncertainty)}{truth}</figcaption></figure>"
+            f"{num(r.mean_uncertainty)}{truth}{why}</figcaption></figure>"
         )
     return '<div class="grid">' + "".join(tiles) + "</div>"
 
 
 def _quarantine_table(ordered: Sequence[Any], known: bool) -> str:
     """Every quarantined image: full path, kept count and mean scores (and the true label when known)."""
-    header = ["file", "kept / seen", "mean score A", "mean uncertainty U"] + (["true label"] if known else [])
+    header = ["file", "rank", "kept / seen", "mean score A", "mean uncertainty U"]
+    header += (["true label"] if known else []) + ["reason"]
     rows = [
         [
             f'<span class="name">{escape(r.path)}</span>',
+            str(getattr(r, "rank", 0) or "-"),
             f"{r.times_kept} / {r.times_seen}",
             num(r.mean_score),
             num(r.mean_uncertainty),
         ]
         + ([_label_text(r.label)] if known else [])
+        + [escape(getattr(r, "reason", ""))]
         for r in ordered
     ]
     return table(header, rows, "quarantined-list")
 
 
 def _quarantined(
-    removed: Sequence[Any], assets: ReportAssets, known: bool, max_thumbnails: int, thumb_size: int
+    removed: Sequence[Any],
+    assets: ReportAssets,
+    known: bool,
+    max_thumbnails: int,
+    thumb_size: int,
+    heatmaps: dict[str, Image.Image] | None = None,
 ) -> list[str]:
-    """The quarantined images, least often kept (then highest score) first: thumbnails, then the full list."""
-    ordered = sorted(removed, key=lambda r: (r.times_kept, -_finite(r.mean_score)))
+    """The quarantined images, most suspect first: thumbnails, then the full list.
+
+    In the order of ``filter.csv`` (the records' ``rank``) when ranked, else least often kept (then highest
+    score) first.
+    """
+    if removed and all(getattr(r, "rank", 0) > 0 for r in removed):
+        ordered = sorted(removed, key=lambda r: r.rank)
+    else:
+        ordered = sorted(removed, key=lambda r: (r.times_kept, -_finite(r.mean_score)))
     parts = [f"<h3>Quarantined images ({len(removed)})</h3>"]
     if not removed:
         return parts + ["<p>The filter quarantined no image.</p>"]
@@ -150,7 +191,7 @@ def _quarantined(
             f'<p class="note">Thumbnails for the {max_thumbnails} least-often kept images; all '
             f"{len(removed)} are listed in the table below.</p>"
         )
-    parts.append(_quarantine_tiles(ordered[:max_thumbnails], assets, known, thumb_size))
+    parts.append(_quarantine_tiles(ordered[:max_thumbnails], assets, known, thumb_size, heatmaps))
     parts.append(_quarantine_table(ordered, known))
     return parts
 
@@ -268,6 +309,7 @@ def filter_section(
     links: Sequence[tuple[str, str]] = (),
     max_thumbnails: int = 200,
     thumb_size: int = 128,
+    heatmaps: dict[str, Image.Image] | None = None,
 ) -> str:
     """HTML of a dataset-level filter: summary, score scatter, keep-count histogram, quarantined images.
 
@@ -280,6 +322,7 @@ def filter_section(
         links: ``(text, relative href)`` links to the filter's data files.
         max_thumbnails: Quarantined images shown with a thumbnail; the rest are listed without one.
         thumb_size: Thumbnail side in pixels.
+        heatmaps: Heat-map overlays by image path, shown beside their thumbnails.
     """
     params = dict(params if params is not None else getattr(records, "params", {}) or {})
     removed = [r for r in records if r.decision != "normal"]
@@ -295,7 +338,7 @@ def filter_section(
     if links:
         parts.append(links_paragraph(links))
     parts.append('<div class="charts">' + _filter_charts(records, params, known) + "</div>")
-    parts += _quarantined(removed, assets, known, max_thumbnails, thumb_size)
+    parts += _quarantined(removed, assets, known, max_thumbnails, thumb_size, heatmaps)
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -307,6 +350,7 @@ def write_filter_report(
     *,
     title: str = "",
     max_thumbnails: int = 200,
+    heatmaps: dict[str, Image.Image] | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` (+ ``report_assets/``) for a dataset-level filter; returns its path.
 
@@ -316,6 +360,8 @@ def write_filter_report(
         summary: Their :func:`~ssfilter.filtering.filter_outputs.summarize` (computed when omitted).
         title: Page title (default "ssfilter filter report").
         max_thumbnails: Quarantined images shown with a thumbnail.
+        heatmaps: Heat-map overlays by image path, shown beside the thumbnails (e.g. from
+            :func:`ssfilter.pipelines.filter_run.suspect_heatmaps`).
     """
     from ssfilter.filtering.filter_outputs import summarize  # torch: only when used
     from ssfilter.runfolder import FILTER_CSV, FILTER_JSON
@@ -324,5 +370,7 @@ def write_filter_report(
     summary = summary if summary is not None else summarize(records)
     links = [(name, name) for name in (FILTER_CSV, FILTER_JSON) if (out / name).is_file()]
     assets = ReportAssets(out, "filter")
-    section = filter_section(records, summary, assets, links=links, max_thumbnails=max_thumbnails)
+    section = filter_section(
+        records, summary, assets, links=links, max_thumbnails=max_thumbnails, heatmaps=heatmaps
+    )
     return write_report(out, title or "ssfilter filter report", [section], assets=[assets])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ssfilter.data.datasets import discover
-from ssfilter.filtering.clean_export import export_clean, export_name
+from ssfilter.filtering.clean_export import export_clean, export_name, export_quarantine
 from ssfilter.filtering.filter_outputs import FilterRecord
 
 
@@ -152,3 +152,39 @@ def test_export_removes_staging_folders_of_killed_exports_only(tmp_path: Path, s
     assert live.is_dir() and other_host.is_dir() and other_dest.is_dir()
     assert (dest / "manifest.csv").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(f"{host_prefix}{os.getpid()}.")]  # renamed
+
+
+def test_quarantine_lays_out_suspects_by_rank_and_never_touches_the_input(
+    tmp_path: Path, source: Path
+) -> None:
+    recs = _records_for(source)
+    for r in recs:
+        r.times_kept = 2 if r.decision == "anomalous" else r.times_kept
+    recs[3].times_kept = 0  # anomalous (k % 3 == 0) and the most suspect
+    before = _tree_hash(source)
+    dest = export_quarantine(recs, tmp_path / "review", source_root=source, mode="copy")
+    assert _tree_hash(source) == before, "the input folder must stay byte-identical"
+    with (dest / "manifest.csv").open(encoding="utf-8", newline="") as fh:
+        manifest = list(csv.DictReader(fh))
+    suspects = [r for r in recs if r.decision == "anomalous"]
+    assert len(manifest) == len(suspects) and list(manifest[0]) == [
+        "source",
+        "exported",
+        "rank",
+        "times_kept",
+        "times_seen",
+        "reason",
+    ]
+    assert manifest[0]["source"] == recs[3].path and manifest[0]["rank"] == "1"
+    assert [int(m["rank"]) for m in manifest] == sorted(int(m["rank"]) for m in manifest)
+    files = sorted(p.name for p in (dest / "suspects").iterdir())
+    assert files == sorted(Path(m["exported"]).name for m in manifest)
+    assert files[0].startswith("0001_") and files[0].endswith(Path(recs[3].path).name)
+    for m in manifest:
+        assert (dest / m["exported"]).read_bytes() == Path(m["source"]).read_bytes()
+        assert m["reason"].startswith(f"kept {m['times_kept']} of 4 epochs")
+    assert {m["source"] for m in manifest} == {r.path for r in suspects}  # no kept image among them
+    with pytest.raises(FileExistsError):
+        export_quarantine(recs, dest, source_root=source)
+    with pytest.raises(ValueError, match="inside the source"):
+        export_quarantine(recs, source / "review", source_root=source)

@@ -151,10 +151,15 @@ def test_invalid_inputs(model, cfg, samples) -> None:
 def test_write_outputs(tmp_path: Path, records: FilterRecords) -> None:
     csv_path, json_path = write_filter_outputs(records, tmp_path / "out", extra={"run": "r1"})
     text = csv_path.read_text(encoding="utf-8")
-    assert text.splitlines()[0] == "path,times_seen,times_kept,mean_score,mean_uncertainty,decision"
+    # SPEC §11's six columns, then the suspicion rank and the reason; rows most suspect first.
+    assert (
+        text.splitlines()[0] == "path,times_seen,times_kept,mean_score,mean_uncertainty,decision,rank,reason"
+    )
     rows = list(csv.DictReader(text.splitlines()))
     assert list(rows[0]) == CSV_FIELDS and len(rows) == len(records)
-    assert [int(r["times_kept"]) for r in rows] == [r.times_kept for r in records]
+    by_path = {r.path: r for r in records}
+    assert [int(r["times_kept"]) for r in rows] == [by_path[r["path"]].times_kept for r in rows]
+    assert [int(r["rank"]) for r in rows] == list(range(1, len(records) + 1))
     doc = json.loads(json_path.read_text(encoding="utf-8"))
     assert doc["params"] == {"epochs": EPOCHS, "min_keep": 1, "batch_size": 4, "seed": 7}
     assert (
@@ -194,3 +199,25 @@ def test_vote_tally_matches_hand_counts() -> None:
     ]
     assert [r.mean_score for r in recs] == [1.0, 2.5, 0.5]
     assert all(math.isnan(r.mean_uncertainty) for r in recs)
+
+
+# -- per-image MC-dropout bank vs the paper's per-batch passes ------------------------------------------
+
+
+def test_uncertainty_modes_are_recorded_and_differ_only_in_u(model, cfg, samples, records) -> None:
+    assert records.settings == {"uncertainty": "per-batch", "pool": None}  # the paper's, the default
+    fast = filter_dataset(model, samples, cfg, progress=False, seed=7, uncertainty="per-image")
+    assert fast.settings == {"uncertainty": "per-image", "pool": 2 * cfg.batch_filter.mc_passes}
+    assert fast.params == records.params
+    for a, b in zip(records, fast, strict=True):
+        assert a.times_seen == b.times_seen
+        # A is recomputed per batch in both modes from the same batches: the same mean patch score.
+        assert a.mean_score == pytest.approx(b.mean_score, rel=1e-5, abs=1e-7)
+        assert math.isfinite(b.mean_uncertainty) and b.mean_uncertainty >= 0
+    k = cfg.batch_filter.mc_passes
+    fixed = filter_dataset(model, samples, cfg, progress=False, seed=7, uncertainty="per-image", pool=k)
+    assert fixed.settings["pool"] == cfg.batch_filter.mc_passes
+    with pytest.raises(ValueError, match="pool"):
+        filter_dataset(model, samples, cfg, progress=False, uncertainty="per-image", pool=1)
+    with pytest.raises(ValueError, match="uncertainty"):
+        filter_dataset(model, samples, cfg, progress=False, uncertainty="per-epoch")
