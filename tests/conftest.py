@@ -196,9 +196,13 @@ def serve_in_thread(app, timeout: float = 30.0):
         thread.join(timeout)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium_browser():
-    """Headless system Chromium driven by Playwright (no browser download); skips when unavailable."""
+    """Headless system Chromium driven by Playwright (no browser download); skips when unavailable.
+
+    Module-scoped: Playwright's sync API runs an asyncio loop in the main thread while it is open, which
+    would make ``asyncio.run`` fail in later test modules; closing it after each module ends that loop.
+    """
     path = find_chromium()
     if path is None:
         pytest.skip("no chromium binary on PATH (apt-get install chromium; scripts/setup.sh does it as root)")

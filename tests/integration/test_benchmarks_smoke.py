@@ -49,13 +49,15 @@ def test_quick_benchmarks_print_one_table_with_every_row(tmp_path: Path) -> None
     rows = _table_rows(proc.stdout)
     assert {r[0] for r in rows} == SECTIONS
     # patch scoring 2 cases x (time, memory); uncertainty 3; training 1; inference 2 presets x 3
-    # (torch.compile, ONNX Runtime, OpenVINO); dataset filter 1; scaling 2
-    assert len(rows) == 17, proc.stdout
+    # (torch.compile, ONNX Runtime, OpenVINO); dataset filter 2 (cached features; MC passes per image vs
+    # per batch); scaling 2
+    assert len(rows) == 18, proc.stdout
     for r in rows:
         assert len(r) == 8, r
         assert RATIO.match(r[4]), r
-    by_section = {r[0]: r for r in rows}
-    assert "decisions EQUAL" in by_section["dataset filter"][7]
+    first_of_section = {r[0]: r for r in reversed(rows)}
+    # the cached-features row (the section's first) must not change a decision
+    assert "decisions EQUAL" in first_of_section["dataset filter"][7]
     for r in rows:
         if r[0] == "inference":
             assert re.search(r"eager: [\d.]+ img/s", r[3]), r  # eager is always measured
