@@ -200,40 +200,25 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             raise ValueError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
     t0 = time.perf_counter()
     dataset = resolve_data_arg(args)
+    options = {
+        "overlap": args.overlap,
+        "noise_seed": args.noise_seed,
+        "progress": not args.quiet,
+        "resume": args.resume,
+        "overwrite": args.overwrite,
+        "protocol": protocol.name,
+    }
     if dataset.is_root:
         from ssfilter.pipelines.categories import SUMMARY_MD, benchmark_categories
 
-        benchmark_categories(
-            dataset,
-            alphas,
-            methods,
-            config_from_args(args),
-            args.out,
-            overlap=args.overlap,
-            noise_seed=args.noise_seed,
-            progress=not args.quiet,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            protocol=protocol.name,
-        )
+        benchmark_categories(dataset, alphas, methods, config_from_args(args), args.out, **options)
         print((args.out / SUMMARY_MD).read_text(encoding="utf-8"))
         print(
             f"benchmark of {len(dataset.categories)} categories finished in {time.perf_counter() - t0:.0f}s"
         )
         return 0
     run_benchmark(
-        args.data,
-        alphas,
-        methods,
-        config_from_args(args),
-        args.out,
-        overlap=args.overlap,
-        noise_seed=args.noise_seed,
-        progress=not args.quiet,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        protocol=protocol.name,
-        data_format=args.data_format,
+        args.data, alphas, methods, config_from_args(args), args.out, data_format=args.data_format, **options
     )
     print((args.out / "results.md").read_text(encoding="utf-8"))
     print(f"benchmark finished in {time.perf_counter() - t0:.0f}s; results in {args.out}")
