@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "cmd_benchmark",
@@ -86,29 +87,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if dataset.is_root or args.unified:
         return train_root(args, dataset, cfg)
-    if args.resume and (args.out / "config.yaml").is_file():
+    from ssfilter.runfolder import CONFIG_FILE
+
+    if args.resume and (args.out / CONFIG_FILE).is_file():
         from ssfilter.config import load_config
 
-        saved = load_config(args.out / "config.yaml")
+        saved = load_config(args.out / CONFIG_FILE)
         if saved.to_dict() != cfg.to_dict():
-            print(f"note: resuming with the configuration saved in {args.out}/config.yaml", file=sys.stderr)
+            print(f"note: resuming with the configuration saved in {args.out / CONFIG_FILE}", file=sys.stderr)
         cfg = saved
     t0 = time.perf_counter()
+    options = _training_options(args)
     Detector(cfg).fit(
-        args.data,
-        args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        noise=args.noise,
-        overlap=args.overlap,
-        noise_seed=args.noise_seed,
-        stop_after=args.stop_after,
-        data_format=args.data_format,
+        args.data, args.out, stop_after=args.stop_after, data_format=args.data_format, **options
     )
     if is_main_process():
         print(f"trained in {time.perf_counter() - t0:.1f}s; run folder: {args.out}")
     return 0
+
+
+def _training_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``train`` options that one run and a data-set root share."""
+    return {
+        "resume": args.resume,
+        "overwrite": args.overwrite,
+        "progress": not args.quiet,
+        "noise": args.noise,
+        "overlap": args.overlap,
+        "noise_seed": args.noise_seed,
+    }
 
 
 def train_root(args: argparse.Namespace, dataset, cfg) -> int:  # noqa: ANN001 - DataSet, Config (lazy)
@@ -122,17 +129,7 @@ def train_root(args: argparse.Namespace, dataset, cfg) -> int:  # noqa: ANN001 -
     if args.stop_after is not None:
         raise ValueError("--stop-after applies to one category; over a root, interrupt and use --resume")
     t0 = time.perf_counter()
-    (train_unified if args.unified else train_categories)(
-        dataset,
-        cfg,
-        args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        noise=args.noise,
-        overlap=args.overlap,
-        noise_seed=args.noise_seed,
-    )
+    (train_unified if args.unified else train_categories)(dataset, cfg, args.out, **_training_options(args))
     if is_main_process():
         print((args.out / SUMMARY_MD).read_text(encoding="utf-8"))
         seconds = time.perf_counter() - t0
