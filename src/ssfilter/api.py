@@ -32,11 +32,7 @@ from ssfilter.inference.run import load_run_folder
 from ssfilter.io import atomic_write_json
 from ssfilter.pipelines.filter_run import check_filter_destinations, filter_folder
 from ssfilter.pipelines.training_run import fit_run
-from ssfilter.runfolder import (
-    CALIBRATION_FILE,
-    FILTER_JSON,
-    read_data_format,
-)
+from ssfilter.runfolder import CALIBRATION_FILE, CONFIG_FILE, FILTER_JSON, read_data_format
 from ssfilter.runtime.distributed import is_main_process
 from ssfilter.training.checkpoint import build_model
 
@@ -70,7 +66,7 @@ class Detector:
     Args:
         config: A :class:`Config`, a preset name or a YAML file (default ``paper-448-392``).
         **overrides: Shortcuts for common settings (``backbone``, ``weights``, ``iters``,
-            ``batch_size``, ``device``, ``method``, ``seed``) or dotted keys (``{"train.lr": 1e-3}``).
+            ``batch_size``, ``device``, ``method``, ``seed``, ``coverage``) or dotted keys (``{"train.lr": 1e-3}``).
     """
 
     def __init__(self, config: Config | str | Path | None = None, **overrides: Any) -> None:
@@ -128,6 +124,8 @@ class Detector:
         )
         self.run_dir, self.data, self.data_format = Path(out), Path(data), data_format
         self.model = None
+        if (self.run_dir / CONFIG_FILE).is_file():  # the run's own config (data.coverage resolved)
+            self.config = load_config(self.run_dir / CONFIG_FILE)
         return self
 
     @classmethod

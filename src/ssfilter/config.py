@@ -50,6 +50,10 @@ class DataConfig:
         batch_size: Training batch size (paper: 32, drop_last).
         num_workers: DataLoader worker processes (0 = load in the main process).
         eval_size: Side at which maps and masks are compared for metrics (paper: 256).
+        coverage: ``"crop"`` (resize, then centre crop: the MVTec benchmark convention), ``"whole"``
+            (resize straight to ``crop``: no border lost) or ``"auto"``: whole for a plain folder of the
+            user's parts, crop for the benchmark formats; resolved and saved when training starts
+            (:func:`ssfilter.coverage.resolve_coverage`).
     """
 
     resize: int = 448
@@ -57,6 +61,7 @@ class DataConfig:
     batch_size: int = 32
     num_workers: int = 0
     eval_size: int = 256
+    coverage: str = "auto"
 
 
 @dataclass
@@ -405,6 +410,7 @@ SHORTCUTS: dict[str, str] = {
     "seed": "train.seed",
     "crop": "data.crop",
     "resize": "data.resize",
+    "coverage": "data.coverage",
 }
 
 
@@ -417,14 +423,9 @@ def shortcut_overrides(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
-    """Apply ``section.key=value`` overrides (CLI ``--set``) or a nested/flat dict.
+    """Apply ``["train.iters=50", ...]`` (CLI ``--set``) or ``{"train.iters": 50}`` to ``cfg`` in place.
 
-    Args:
-        cfg: Config to modify in place.
-        overrides: ``["train.iters=50", ...]`` or ``{"train.iters": 50}``.
-
-    Returns:
-        The same config, for chaining.
+    Returns ``cfg``, for chaining.
 
     Raises:
         ValueError: for malformed overrides or unknown keys.

@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "ssfilter"
 
 #: Layers from the bottom up; a key is a top-level module or sub-package of ``ssfilter``.
 LAYERS: list[set[str]] = [
-    {"errors", "version", "io", "config", "schedule", "runfolder"},
+    {"errors", "version", "io", "config", "schedule", "coverage", "runfolder"},
     {"runtime"},
     {"data"},
     {"models"},

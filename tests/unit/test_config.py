@@ -180,3 +180,24 @@ def test_schedule_length_rules() -> None:
     assert schedule_length(5, 0.9, 10) == 5
     with pytest.raises(ValueError, match=">= 0"):
         schedule_length(None, -0.1, 10)
+
+
+def test_resolve_coverage() -> None:
+    from ssfilter.coverage import resolve_coverage
+
+    cfg = get_preset("cpu-fast")
+    assert cfg.data.coverage == "auto"
+    whole = resolve_coverage(cfg, "whole")
+    assert (whole.data.coverage, whole.data.resize, whole.data.crop) == ("whole", 224, 224)
+    crop = resolve_coverage(cfg, "crop")
+    assert (crop.data.coverage, crop.data.resize, crop.data.crop) == ("crop", 256, 224)
+    assert cfg.data.coverage == "auto" and cfg.data.resize == 256  # the input is not changed
+    # an explicit choice wins over the format's default, and resolving again changes nothing
+    cfg.data.coverage = "crop"
+    assert resolve_coverage(cfg, "whole").data.resize == 256
+    assert resolve_coverage(whole, "crop").data.coverage == "whole"
+    cfg.data.coverage = "everything"
+    with pytest.raises(ValueError, match="data.coverage must be one of auto, crop, whole"):
+        resolve_coverage(cfg, "whole")
+    with pytest.raises(ValueError, match="default coverage must be 'crop' or 'whole'"):
+        resolve_coverage(get_preset("cpu-fast"), "auto")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ssfilter.config import Config
+from ssfilter.coverage import resolve_coverage
 from ssfilter.data.datasets import Sample
 from ssfilter.data.formats import Category, resolve_category
 from ssfilter.data.noise_protocols import RefineFunction
@@ -92,6 +93,7 @@ def run_benchmark(
     refine = get_protocol(protocol).refine
     out = Path(out)
     category = resolve_category(data, data_format)
+    cfg = resolve_coverage(cfg, category.handler.coverage)  # the paper's centre crop on benchmark formats
     rows, previous_seconds = _start(out, overlap, resume, overwrite, protocol)
     started = time.perf_counter()
 

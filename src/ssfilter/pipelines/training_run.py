@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ssfilter.config import Config
+from ssfilter.coverage import resolve_coverage
 from ssfilter.data.datasets import Sample
+from ssfilter.data.formats import get_format, resolve_category
 from ssfilter.data.validation import prepare_training_samples
 from ssfilter.errors import RunExistsError
 from ssfilter.io import atomic_write_json
@@ -117,6 +119,11 @@ def fit_samples(
     (``--unified``). ``samples`` are readable already (see
     :func:`~ssfilter.data.validation.prepare_training_samples`).
     """
+    # A resumed run keeps the coverage saved with it; "auto" there is a run from before the setting,
+    # which was trained with the centre crop.
+    cfg = resolve_coverage(cfg, "crop" if resume else _format_coverage(data, data_format))
+    if cfg.data.coverage == "whole" and not resume:
+        log.info("whole image: resized to %d x %d, no border cropped", cfg.data.crop, cfg.data.crop)
     result = Trainer(cfg, list(samples), run, progress=progress, stop_after=stop_after).fit(resume=resume)
     if not is_main_process():
         return result
@@ -128,6 +135,13 @@ def fit_samples(
     if cfg.calibration.after_training and finished:
         _calibrate(cfg, run, [s.path for s in samples], progress)
     return result
+
+
+def _format_coverage(data: str | Path, data_format: str | None) -> str:
+    """What ``data.coverage = "auto"`` means for ``data``: its format's convention."""
+    if data_format is not None:
+        return get_format(data_format).coverage
+    return resolve_category(data).handler.coverage
 
 
 def _summarize_filter(run: Path) -> None:

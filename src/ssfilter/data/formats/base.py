@@ -144,12 +144,15 @@ class DataFormat(ABC):
         looked_for: What detection looks for, for the unknown-layout error.
         priority: Detection order (lower first); the plain-folder fallback comes last.
         citation: The data set's citation and licence, printed in summaries ("" when unknown).
+        coverage: What ``data.coverage = "auto"`` means for this format (see
+            :func:`ssfilter.config.resolve_coverage`): the benchmark formats keep the paper's centre crop.
     """
 
     name: str = ""
     looked_for: str = ""
     priority: int = 50
     citation: str = ""
+    coverage: str = "crop"
 
     @abstractmethod
     def root_categories(self, path: Path) -> list[Category] | None:

@@ -18,6 +18,7 @@ class FolderFormat(DataFormat):
 
     name = "folder"
     priority = 100
+    coverage = "whole"  # the user's own parts: a defect can sit anywhere, the border included
     looked_for = f"a folder holding images ({', '.join(sorted(IMAGE_EXTENSIONS))}, any case)"
 
     def root_categories(self, path: Path) -> list[Category] | None:
