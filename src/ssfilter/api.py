@@ -65,8 +65,8 @@ class Detector:
 
     Args:
         config: A :class:`Config`, a preset name or a YAML file (default ``paper-448-392``).
-        **overrides: Shortcuts for common settings (``backbone``, ``weights``, ``iters``,
-            ``batch_size``, ``device``, ``method``, ``seed``, ``coverage``) or dotted keys (``{"train.lr": 1e-3}``).
+        **overrides: Shortcuts for common settings (``backbone``, ``weights``, ``iters``, ``batch_size``,
+            ``device``, ``method``, ``seed``, ``coverage``) or dotted keys (``{"train.lr": 1e-3}``).
     """
 
     def __init__(self, config: Config | str | Path | None = None, **overrides: Any) -> None:
@@ -216,6 +216,8 @@ class Detector:
         quarantine: str | Path | None = None,
         dry_run: bool = False,
         uncertainty: str = "per-batch",
+        decision: str | None = None,
+        outlier_k: float | None = None,
     ) -> dict[str, Any]:
         """Filter a whole training set with the trained model (paper §3.6).
 
@@ -234,6 +236,9 @@ class Detector:
             quarantine: Folder to receive the suspects for review (must not exist or be empty).
             dry_run: Write the lists and the report only, no folder.
             uncertainty: The paper's ``"per-batch"`` MC-dropout passes (default) or ``"per-image"`` (fast).
+            decision: ``"vote"`` (kappa_2) or ``"outlier"`` (a cut over the whole folder); default from
+                ``dataset_filter.decision``.
+            outlier_k: Robust sd of the outlier cut (default ``dataset_filter.outlier_k``).
 
         Returns:
             The ``filter.json`` summary.
@@ -243,6 +248,7 @@ class Detector:
         """
         check_filter_destinations(out, export_clean, overwrite, quarantine)
         opts = {"quarantine": quarantine, "dry_run": dry_run, "uncertainty": uncertainty}
+        opts |= {"decision": decision, "outlier_k": outlier_k}
         model = self._ensure_model()
         samples, skipped = self._filter_samples_and_skipped(data)
         records = filter_folder(
@@ -263,12 +269,8 @@ class Detector:
             return summarize(records)
         return json.loads((Path(out) / FILTER_JSON).read_text(encoding="utf-8"))
 
-    def _filter_samples(self, data: str | Path | None) -> list[Sample]:
-        """Training images to filter: the given folder, or the run's own (noisy) training set."""
-        return self._filter_samples_and_skipped(data)[0]
-
     def _filter_samples_and_skipped(self, data: str | Path | None) -> tuple[list[Sample], list[Skipped]]:
-        """:meth:`_filter_samples` and the unreadable files left out, with their reasons."""
+        """Images to filter (the given folder, else the run's noisy training set) and the unreadable ones."""
         if data is not None:
             return prepare_training_samples(data)
         recorded = recorded_split(self.data, self.run_dir, self.data_format) if self.data else None
@@ -365,7 +367,7 @@ class Detector:
                 )
             cal = predictor.calibrate_labelled(discover(val, "test"), progress=progress)
         else:
-            samples = self._filter_samples(data)
+            samples = self._filter_samples_and_skipped(data)[0]
             cal = predictor.calibrate_unlabelled([s.path for s in samples], progress=progress)
         if save:
             if self.run_dir is None:

@@ -3,6 +3,9 @@
 A :class:`Config` fully describes a run: data preprocessing, model, optimisation, SSFilter's in-batch
 filter and restoration, the dataset filter and the calibration. Every saved model carries its config
 (``config.yaml``), so a run folder can be rebuilt without the command line that produced it.
+
+One job, the configuration schema, in one file: every section's fields are documented where they are
+declared, and the presets, overrides and YAML round trip read those declarations.
 """
 
 from __future__ import annotations
@@ -209,10 +212,14 @@ class DatasetFilterConfig:
     Attributes:
         epochs: Random epochs over the data set, kappa_1 (paper: 20).
         min_keep: An image is normal when kept more than this many times, kappa_2 (paper: 5).
+        decision: ``"vote"`` (the kappa_2 vote) or ``"outlier"`` (a cut over the whole folder at
+            ``outlier_k`` robust sd, :mod:`ssfilter.filtering.folder_decision`).
     """
 
     epochs: int = 20
     min_keep: int = 5
+    decision: str = "vote"
+    outlier_k: float = 4.0
 
 
 @dataclass

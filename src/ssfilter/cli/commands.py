@@ -174,6 +174,8 @@ def cmd_filter(args: argparse.Namespace) -> int:
         quarantine=args.quarantine,
         dry_run=args.dry_run,
         uncertainty=args.uncertainty,
+        decision=args.decision,
+        outlier_k=args.outlier_k,
     )
     if is_main_process():
         print(json.dumps(summary, indent=2))

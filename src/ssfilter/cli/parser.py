@@ -177,6 +177,19 @@ def _add_filter(sub: argparse._SubParsersAction) -> None:
         help="MC-dropout passes per batch in every epoch (default, the paper's protocol) or once per "
         "image, redrawn per batch (about 17x faster on a CPU; its decisions differ, see the README)",
     )
+    p.add_argument(
+        "--decision",
+        choices=("vote", "outlier"),
+        default=None,
+        help="vote: the paper's kappa_2 vote within batches; outlier: quarantine the images whose mean A "
+        "lies far above the whole folder's (default: the run's dataset_filter.decision)",
+    )
+    p.add_argument(
+        "--outlier-k",
+        type=float,
+        default=None,
+        help="with --decision outlier: robust standard deviations above the folder's median (default 4)",
+    )
     add_data_format_options(p, categories=False)
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument(

@@ -54,6 +54,7 @@ from ssfilter.data.datasets import LABEL_ANOMALOUS, LABEL_NORMAL, LABEL_UNKNOWN,
 from ssfilter.data.transforms import transform_for
 from ssfilter.filtering.batch_filter import BatchFilter, BatchSelection
 from ssfilter.filtering.filter_outputs import Decision, FilterRecord, FilterRecords
+from ssfilter.filtering.folder_decision import DECISIONS, apply_outlier_decision
 from ssfilter.filtering.uncertainty_bank import UncertaintyBank
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.feature_cache import FeatureCache
@@ -238,9 +239,13 @@ class DatasetFilter:
         uncertainty: ``"per-image"`` (MC passes once per image, redrawn per batch) or ``"per-batch"``
             (the paper's K fresh passes per batch); see the module docstring.
         pool: Passes per image of the ``"per-image"`` bank (default ``2 K``; ``K`` fixes ``u_i``).
+        decision: ``"vote"`` or ``"outlier"`` (default ``cfg.dataset_filter.decision``; see
+            :mod:`ssfilter.filtering.folder_decision`).
+        outlier_k: The outlier cut's robust sd (default ``cfg.dataset_filter.outlier_k``).
 
     Raises:
-        ValueError: ``epochs``, ``min_keep``, ``uncertainty`` or ``pool`` out of range.
+        ValueError: ``epochs``, ``min_keep``, ``uncertainty``, ``pool``, ``decision`` or ``outlier_k`` out
+            of range.
     """
 
     def __init__(
@@ -252,8 +257,16 @@ class DatasetFilter:
         seed: int | None = None,
         uncertainty: str = "per-batch",
         pool: int | None = None,
+        decision: str | None = None,
+        outlier_k: float | None = None,
     ) -> None:
         self.cfg = resolve_schedule(cfg)  # the cold start in iterations (the phase it filters in)
+        self.decision = cfg.dataset_filter.decision if decision is None else decision
+        self.outlier_k = float(cfg.dataset_filter.outlier_k if outlier_k is None else outlier_k)
+        if self.decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {self.decision!r}")
+        if not self.outlier_k > 0:
+            raise ValueError(f"outlier_k must be positive, got {self.outlier_k}")
         passes = cfg.batch_filter.mc_passes
         if uncertainty not in UNCERTAINTY_MODES:
             raise ValueError(
@@ -339,12 +352,18 @@ class DatasetFilter:
             "min_keep": self.min_keep,
             "batch_size": batch_size,
             "seed": self.seed,
+            "decision": self.decision,
+            "outlier_k": self.outlier_k if self.decision == "outlier" else None,
         }
         settings = {
             "uncertainty": self.uncertainty,
             "pool": self.pool if self.uncertainty == "per-image" else None,
         }
-        return FilterRecords(tally.records(samples, self.min_keep), params, settings)
+        records = tally.records(samples, self.min_keep)
+        if self.decision == "outlier":
+            cut = apply_outlier_decision(records, self.outlier_k)
+            settings["outlier_cut"] = None if cut is None else cut.to_dict()
+        return FilterRecords(records, params, settings)
 
     def _vote(
         self,
@@ -429,6 +448,8 @@ def filter_dataset(
     cache_bytes: int = 4 << 30,
     uncertainty: str = "per-batch",
     pool: int | None = None,
+    decision: str | None = None,
+    outlier_k: float | None = None,
 ) -> FilterRecords:
     """Classify every training image as normal or anomalous with a trained model (paper §3.6).
 
@@ -447,6 +468,8 @@ def filter_dataset(
         uncertainty: ``"per-batch"`` (default; the paper's fresh passes in every epoch) or ``"per-image"``
             (MC passes once per image, redrawn per batch; fast, decisions differ).
         pool: Passes per image of the per-image bank (default ``2 K``).
+        decision: ``"vote"`` (kappa_2) or ``"outlier"`` (the folder's cut); default from ``cfg``.
+        outlier_k: Robust sd of the outlier cut (default ``cfg.dataset_filter.outlier_k``).
 
     Returns:
         One record per sample, in the order of ``samples``, with the parameters in ``.params``. Under
@@ -457,7 +480,14 @@ def filter_dataset(
         ValueError: Fewer than 2 images, a batch size below 2, or ``epochs`` / ``min_keep`` out of range.
     """
     dataset_filter = DatasetFilter(
-        cfg, epochs=epochs, min_keep=min_keep, seed=seed, uncertainty=uncertainty, pool=pool
+        cfg,
+        epochs=epochs,
+        min_keep=min_keep,
+        seed=seed,
+        uncertainty=uncertainty,
+        pool=pool,
+        decision=decision,
+        outlier_k=outlier_k,
     )
     return dataset_filter.run(
         model,

@@ -51,7 +51,7 @@ CSV_FIELDS = [
 HIGH_Z = 3.0
 
 #: The dataset filter's parameters written under ``"params"`` in ``filter.json``.
-PARAM_KEYS = ("epochs", "min_keep", "batch_size", "seed")
+PARAM_KEYS = ("epochs", "min_keep", "batch_size", "seed", "decision", "outlier_k")
 
 
 @dataclass
@@ -158,8 +158,15 @@ def _median(sorted_values: Sequence[float]) -> float:
     return sorted_values[mid] if n % 2 else (sorted_values[mid - 1] + sorted_values[mid]) / 2
 
 
-def _reason(r: FilterRecord, z_a: float, z_u: float, min_keep: int | None) -> str:
-    """Why ``r`` was quarantined: its keep count, and which of its mean scores stands out in the folder."""
+def _reason(r: FilterRecord, z_a: float, z_u: float, params: dict[str, Any]) -> str:
+    """Why ``r`` was quarantined: the rule that decided it, and which of its mean scores stands out."""
+    if params.get("decision") == "outlier":
+        name, z = ("A", z_a) if math.isfinite(z_a) else ("U", z_u)
+        return (
+            f"mean {name} far above the folder's (log robust z {z:.1f} > {params.get('outlier_k')}); "
+            f"kept {r.times_kept} of {r.times_seen} epochs in its batches"
+        )
+    min_keep = params.get("min_keep")
     need = f" (normal needs more than {min_keep})" if min_keep is not None else ""
     parts = [f"kept {r.times_kept} of {r.times_seen} epochs{need}"]
     high = [f"{name} high (robust z {z:.1f})" for name, z in (("A", z_a), ("U", z_u)) if z >= HIGH_Z]
@@ -172,27 +179,51 @@ def _reason(r: FilterRecord, z_a: float, z_u: float, min_keep: int | None) -> st
     return "; ".join(parts)
 
 
+def _log_z(values: Sequence[float], cut: dict[str, Any] | None = None) -> list[float]:
+    """The outlier cut's z of each value (NaN for a missing or non-positive one).
+
+    ``(log v - median) / scale`` of ``cut`` (``filter.json``'s ``outlier_cut``), else :func:`robust_z`.
+    """
+    logs = [math.log(v) if math.isfinite(v) and v > 0 else math.nan for v in values]
+    if not cut or not cut.get("scale"):
+        return robust_z(logs)
+    return [(v - cut["median"]) / cut["scale"] for v in logs]
+
+
 def suspicion_order(records: Sequence[FilterRecord], min_keep: int | None = None) -> list[FilterRecord]:
     """Rank the records by suspicion (sets ``rank`` and ``reason``) and return them most suspect first.
 
-    Fewest keeps first; ties by the mean of the robust z-scores of ``A`` and ``U`` over the folder
-    (higher first), then by path. ``reason`` is set on quarantined records only. ``min_keep`` defaults to
-    the records' ``params["min_keep"]`` when present.
+    Under the paper's vote: fewest keeps first; ties by the mean of the robust z-scores of ``A`` and ``U``
+    over the folder (higher first), then by path. Under the folder's outlier cut (``params["decision"]
+    == "outlier"``): by the log robust z of the score it cut (``A``, else ``U``), highest first. ``reason``
+    is set on quarantined records only. ``min_keep`` defaults to the records' ``params["min_keep"]``.
     """
-    if min_keep is None:
-        min_keep = (getattr(records, "params", None) or {}).get("min_keep")
+    params = dict(getattr(records, "params", None) or {})
+    if min_keep is not None:
+        params["min_keep"] = min_keep
+    outlier = params.get("decision") == "outlier"
     z_a = robust_z([r.mean_score for r in records])
     z_u = robust_z([r.mean_uncertainty for r in records])
+    if outlier:  # the z the cut was taken on (filter.json's settings.outlier_cut), for its score
+        cut = (getattr(records, "settings", None) or {}).get("outlier_cut") or {}
+        z_a = _log_z([r.mean_score for r in records], cut if cut.get("score") == "mean A" else None)
+        z_u = _log_z([r.mean_uncertainty for r in records], cut if cut.get("score") == "mean U" else None)
 
     def combined(i: int) -> float:
         zs = [z for z in (z_a[i], z_u[i]) if math.isfinite(z)]
+        if outlier:
+            zs = zs[:1] if math.isfinite(z_a[i]) else zs
         return sum(zs) / len(zs) if zs else 0.0
 
-    order = sorted(range(len(records)), key=lambda i: (records[i].times_kept, -combined(i), records[i].path))
+    def key(i: int) -> tuple[float, float, str]:
+        kept = 0 if outlier else records[i].times_kept
+        return (kept, -combined(i), records[i].path)
+
+    order = sorted(range(len(records)), key=key)
     for rank, i in enumerate(order, start=1):
         r = records[i]
         r.rank = rank
-        r.reason = _reason(r, z_a[i], z_u[i], min_keep) if r.decision == "anomalous" else ""
+        r.reason = _reason(r, z_a[i], z_u[i], params) if r.decision == "anomalous" else ""
     return [records[i] for i in order]
 
 

@@ -98,6 +98,8 @@ def filter_folder(
     report: bool = True,
     progress: bool = True,
     uncertainty: str = "per-batch",
+    decision: str | None = None,
+    outlier_k: float | None = None,
 ) -> FilterRecords:
     """Run the dataset filter over ``samples`` and write its outputs into ``out`` (rank 0 only).
 
@@ -118,6 +120,8 @@ def filter_folder(
         report: Also write ``report.html`` (the demo writes a combined page of its own).
         progress: Show a progress bar.
         uncertainty: The paper's ``"per-batch"`` MC passes (default) or ``"per-image"`` ones (fast).
+        decision: ``"vote"`` or ``"outlier"`` (default ``cfg.dataset_filter.decision``).
+        outlier_k: The outlier cut's robust sd (default ``cfg.dataset_filter.outlier_k``).
 
     Returns:
         The per-image records (every process holds them under ``torchrun``; only rank 0 writes).
@@ -132,6 +136,8 @@ def filter_folder(
         device=device,
         progress=progress,
         uncertainty=uncertainty,
+        decision=decision,
+        outlier_k=outlier_k,
     )
     if not is_main_process():
         return records
@@ -140,12 +146,10 @@ def filter_folder(
     entries["contamination"] = contamination_entry(records)
     entries["dry_run"] = dry_run
     n_removed = sum(r.decision == "anomalous" for r in records)
+    n_kept = len(records) - n_removed
     if dry_run:
         if export_clean is not None:
-            entries["export_clean_planned"] = {
-                "folder": str(export_clean),
-                "images": len(records) - n_removed,
-            }
+            entries["export_clean_planned"] = {"folder": str(export_clean), "images": n_kept}
         if quarantine is not None:
             entries["quarantine_planned"] = {"folder": str(quarantine), "images": n_removed}
     else:

@@ -277,7 +277,7 @@ def _keep_histogram(records: Sequence[Any], params: dict[str, Any], known: bool)
         ]
     else:
         groups = [("images", _counts([r.times_kept for r in records], seen), KEPT_COLOUR)]
-    min_keep = params.get("min_keep")
+    min_keep = params.get("min_keep") if params.get("decision", "vote") == "vote" else None
     svg = bar_chart(
         groups,
         [k - 0.5 for k in range(seen + 2)],
@@ -288,7 +288,8 @@ def _keep_histogram(records: Sequence[Any], params: dict[str, Any], known: bool)
         vline=(float(min_keep) + 0.5, "normal ->") if isinstance(min_keep, int) else None,
         css_class="histogram keep-histogram",
     )
-    return figure(svg, "Images right of the dashed line are kept as normal.")
+    note = "Images right of the dashed line are kept as normal." if min_keep is not None else ""
+    return figure(svg, note or "The keep counts inform the ranking; the folder's cut on mean A decided.")
 
 
 def _filter_charts(records: Sequence[Any], params: dict[str, Any], known: bool) -> str:
@@ -327,12 +328,22 @@ def filter_section(
     params = dict(params if params is not None else getattr(records, "params", {}) or {})
     removed = [r for r in records if r.decision != "normal"]
     known = bool(summary.get("labels_known"))
+    if params.get("decision") == "outlier":
+        rule = (
+            "an image is <b>quarantined</b> when its mean patch comparison score A lies more than "
+            f"{escape(params.get('outlier_k', '?'))} robust standard deviations (log scale) above the whole "
+            "folder's median"
+        )
+    else:
+        rule = (
+            f"an image counts as normal when it was kept more than {escape(params.get('min_keep', '?'))} "
+            "times, otherwise it is <b>quarantined</b>"
+        )
     parts = [
         '<section id="filter"><h2>Dataset-level filter</h2>',
         "<p>The trained in-batch filter was run over the whole training set for "
-        f"{escape(params.get('epochs', '?'))} random epochs; an image counts as normal when it was kept more "
-        f"than {escape(params.get('min_keep', '?'))} times, otherwise it is <b>quarantined</b> (left out of "
-        "the clean set; the input folder is never modified).</p>",
+        f"{escape(params.get('epochs', '?'))} random epochs; {rule} (left out of the clean set; the input "
+        "folder is never modified).</p>",
         table(["", ""], _summary_rows(records, removed, summary, known), "filter-summary"),
     ]
     if links:

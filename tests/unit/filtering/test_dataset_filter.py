@@ -23,6 +23,8 @@ from ssfilter.training.checkpoint import build_model
 
 EPOCHS = 3
 SIZE = 64
+#: The decision parameters of the default rule, the paper's kappa_2 vote.
+PAPER_VOTE = {"decision": "vote", "outlier_k": None}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -88,7 +90,7 @@ def test_epoch_batches_count_every_image_once(n: int, bs: int) -> None:
 
 def test_counts_add_up_and_rule_holds(records: FilterRecords, samples: list[Sample]) -> None:
     assert [r.path for r in records] == [s.path for s in samples]
-    assert records.params == {"epochs": EPOCHS, "min_keep": 1, "batch_size": 4, "seed": 7}
+    assert records.params == {**PAPER_VOTE, "epochs": EPOCHS, "min_keep": 1, "batch_size": 4, "seed": 7}
     for r in records:
         assert r.times_seen == EPOCHS
         assert 0 <= r.times_kept <= r.times_seen
@@ -161,7 +163,7 @@ def test_write_outputs(tmp_path: Path, records: FilterRecords) -> None:
     assert [int(r["times_kept"]) for r in rows] == [by_path[r["path"]].times_kept for r in rows]
     assert [int(r["rank"]) for r in rows] == list(range(1, len(records) + 1))
     doc = json.loads(json_path.read_text(encoding="utf-8"))
-    assert doc["params"] == {"epochs": EPOCHS, "min_keep": 1, "batch_size": 4, "seed": 7}
+    assert doc["params"] == {**PAPER_VOTE, "epochs": EPOCHS, "min_keep": 1, "batch_size": 4, "seed": 7}
     assert (
         doc["run"] == "r1" and doc["n"] == len(records) and doc["noise_rate_before"] == pytest.approx(1 / 6)
     )
@@ -221,3 +223,28 @@ def test_uncertainty_modes_are_recorded_and_differ_only_in_u(model, cfg, samples
         filter_dataset(model, samples, cfg, progress=False, uncertainty="per-image", pool=1)
     with pytest.raises(ValueError, match="uncertainty"):
         filter_dataset(model, samples, cfg, progress=False, uncertainty="per-epoch")
+
+
+@pytest.fixture(scope="module")
+def clean_folder(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+    """60 good images of a synthetic texture, no defect at all."""
+    from ssfilter.data.synthetic import make_synthetic_category
+
+    root = tmp_path_factory.mktemp("clean") / "weave"
+    make_synthetic_category(root, kind="texture", n_train_good=60, n_test_good=1, n_test_defect=1, size=SIZE)
+    return discover(root, "train")
+
+
+def test_outlier_decision_keeps_a_clean_folder(model, cfg, clean_folder: list[Sample]) -> None:
+    vote = filter_dataset(model, clean_folder, cfg, progress=False, decision="vote")
+    cut = filter_dataset(model, clean_folder, cfg, progress=False, decision="outlier")
+    kept_vote = np.mean([r.decision == "normal" for r in vote])
+    kept_cut = np.mean([r.decision == "normal" for r in cut])
+    assert kept_cut >= 0.97
+    assert kept_vote < kept_cut  # the per-batch vote always loses the least typical images of a batch
+    assert cut.params["decision"] == "outlier" and cut.params["outlier_k"] == 4.0
+    assert cut.settings["outlier_cut"]["score"] == "mean A"
+    # the same scores, only the decision differs
+    assert [r.mean_score for r in cut] == [r.mean_score for r in vote]
+    with pytest.raises(ValueError, match="decision must be one of vote, outlier"):
+        filter_dataset(model, clean_folder, cfg, progress=False, decision="median")

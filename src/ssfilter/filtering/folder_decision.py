@@ -1,0 +1,125 @@
+"""The dataset filter's decision: the paper's per-batch vote, or a cut calibrated over the whole folder.
+
+* ``"vote"`` (paper §3.6): normal when the in-batch filter kept the image more than kappa_2 times out of
+  kappa_1. Each keep is relative to a batch (about half of every batch is passed on), so a clean folder
+  still loses the images that are least typical *within their batches*.
+* ``"outlier"``: the per-image mean patch comparison score ``A`` over the kappa_1 random batches compares
+  every image with (almost) the whole folder, on one scale. An image is anomalous when its ``log`` mean
+  ``A`` lies more than ``k`` robust standard deviations (``1.4826 MAD``) above the folder's median -- the
+  rule the run's calibration applies to its training scores -- so a clean folder loses only the
+  images far off its typical value, however the batches fell. ``A`` needs no trained decoder; when patch
+  scoring is off the mean uncertainty ``U`` is the score.
+
+The log makes the right-skewed positive scores close to symmetric, so ``k`` means the same on every
+folder; a MAD of 0 (more than half the scores equal) falls back to the standard deviation. Median and
+MAD are computed again without the images above the cut until nothing changes (one-sided sigma
+clipping): with many defective images (a third of the folder) the first median and MAD are pulled up by
+them, the clipped ones describe the normal images. Written here because ``scipy.stats.sigmaclip`` clips
+with the mean and standard deviation, which the defective images pull, and on both sides.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ssfilter.filtering.filter_outputs import FilterRecord
+
+__all__ = ["DECISIONS", "OutlierCut", "apply_outlier_decision", "outlier_cut"]
+
+#: Values of ``dataset_filter.decision``.
+DECISIONS = ("vote", "outlier")
+#: At most this many rounds of clipping (each only removes images, so it ends much sooner).
+MAX_CLIP_ROUNDS = 50
+
+
+@dataclass(frozen=True)
+class OutlierCut:
+    """The folder's cut: anomalous when ``(log(score) - median) / scale > k``.
+
+    Attributes:
+        score: Which mean score was cut (``"mean A"`` or ``"mean U"``).
+        median: Median of the log-scores.
+        scale: ``1.4826 MAD`` of the log-scores (their standard deviation when the MAD is 0).
+        k: Robust standard deviations above the median.
+    """
+
+    score: str
+    median: float
+    scale: float
+    k: float
+
+    def z(self, value: float) -> float:
+        """Robust z of one mean score (NaN for a missing one)."""
+        if not math.isfinite(value) or value <= 0:
+            return math.nan
+        return (math.log(value) - self.median) / self.scale if self.scale > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for ``filter.json``; ``threshold`` is the cut on the raw mean score."""
+        return {**asdict(self), "threshold": math.exp(self.median + self.k * self.scale)}
+
+
+def _score_of(records: Sequence[FilterRecord]) -> tuple[str, np.ndarray] | None:
+    """Mean A when at least 2 images have one, else mean U; None when neither is there."""
+    for name, values in (
+        ("mean A", [r.mean_score for r in records]),
+        ("mean U", [r.mean_uncertainty for r in records]),
+    ):
+        x = np.asarray(values, dtype=np.float64)
+        if np.sum(np.isfinite(x) & (x > 0)) >= 2:
+            return name, x
+    return None
+
+
+def outlier_cut(records: Sequence[FilterRecord], k: float) -> OutlierCut | None:
+    """The folder's robust cut over the records' mean ``A`` (else mean ``U``); None without scores.
+
+    Raises:
+        ValueError: ``k`` is not positive.
+    """
+    if not k > 0:
+        raise ValueError(f"the outlier cut k must be positive, got {k}")
+    found = _score_of(records)
+    if found is None:
+        return None
+    name, x = found
+    logs = np.log(x[np.isfinite(x) & (x > 0)])
+    inside = np.ones(logs.size, dtype=bool)
+    for _ in range(MAX_CLIP_ROUNDS):
+        med, scale = _median_scale(logs[inside])
+        now = logs <= med + k * scale if scale > 0 else np.ones_like(inside)
+        if np.array_equal(now, inside) or now.sum() < 2:
+            break
+        inside = now
+    return OutlierCut(name, med, scale, float(k))
+
+
+def _median_scale(logs: np.ndarray) -> tuple[float, float]:
+    """Median and ``1.4826 MAD`` (the standard deviation when the MAD is 0)."""
+    med = float(np.median(logs))
+    scale = 1.4826 * float(np.median(np.abs(logs - med)))
+    if scale <= 0 and logs.size > 1:
+        scale = float(logs.std(ddof=1))
+    return med, scale
+
+
+def apply_outlier_decision(records: Sequence[FilterRecord], k: float) -> OutlierCut | None:
+    """Decide every record by the folder's cut (sets ``decision``); returns the cut.
+
+    A record without a finite score keeps the decision it had. Without any scores nothing changes and
+    None is returned.
+    """
+    cut = outlier_cut(records, k)
+    if cut is None:
+        return None
+    field = "mean_score" if cut.score == "mean A" else "mean_uncertainty"
+    for r in records:
+        z = cut.z(getattr(r, field))
+        if math.isfinite(z):
+            r.decision = "anomalous" if z > cut.k else "normal"
+    return cut
