@@ -40,6 +40,7 @@ from benchmarks.common import Context, Row, now, random_config, random_model
 from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, discover
 from ssfilter.data.synthetic import make_synthetic_category
+from ssfilter.filtering.contamination import contamination_entry
 from ssfilter.filtering.dataset_filter import filter_dataset
 from ssfilter.filtering.filter_outputs import FilterRecord, FilterRecords
 from ssfilter.models.dinomaly import DinomalyModel
@@ -373,6 +374,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--min-keep", type=int, default=None, help="kappa_2 (default: the run's config)")
     p.add_argument("--pools", default="", help="comma separated pools of the per-image bank (default 2K)")
     p.add_argument("--seed-baseline", action="store_true", help="also run the paper's protocol with seed 1")
+    p.add_argument(
+        "--outlier",
+        action="store_true",
+        help="also decide every run by the folder's outlier cut (same scores) and time the fast path "
+        "(per-image passes + outlier cut) against the paper's (per-batch passes + kappa_2 vote)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = p.parse_args(argv)
     loaded, samples = _run_samples(args.run, args.data)
@@ -383,11 +390,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     k = cfg.batch_filter.mc_passes
     pools = [int(x) for x in args.pools.split(",") if x.strip()] or [2 * k]
 
-    def timed(mode: str, pool: int | None = None, seed: int = 0) -> tuple[float, FilterRecords]:
+    def timed(
+        mode: str, pool: int | None = None, seed: int = 0, decision: str = "vote"
+    ) -> tuple[float, FilterRecords]:
         start = now()
         recs = filter_dataset(
             model, samples, cfg, epochs=args.epochs, min_keep=args.min_keep, progress=False,
-            seed=seed, uncertainty=mode, pool=pool,
+            seed=seed, uncertainty=mode, pool=pool, decision=decision,
         )  # fmt: skip
         return now() - start, recs
 
@@ -408,6 +417,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "summary": summarize(new),
         }
         print(json.dumps(out, indent=1), flush=True)
+    if args.outlier:
+        out["per_batch"]["outlier"] = _outlier_view(old, cfg.dataset_filter.outlier_k)
+        t_fast, fast = timed("per-image", decision="outlier")
+        out["fast_path"] = {
+            "what": "per-image MC passes (pool 2K) + the folder's outlier cut",
+            "seconds": t_fast,
+            "speedup_vs_paper": t_old / t_fast,
+            "agreement_with_paper": agreement(old, fast),
+            "agreement_with_outlier_on_paper_scores": agreement(
+                _decided(old, cfg.dataset_filter.outlier_k), fast
+            ),
+            "summary": summarize(fast),
+            "contamination": contamination_entry(fast),
+        }
     if args.seed_baseline:
         t_b, base = timed("per-batch", seed=1)
         out["per_batch_seed1"] = {
@@ -420,6 +443,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(text + "\n", encoding="utf-8")
     return 0
+
+
+def _decided(records: FilterRecords, k: float) -> FilterRecords:
+    """A copy of ``records`` decided by the folder's outlier cut instead of the vote."""
+    from copy import deepcopy
+
+    from ssfilter.filtering.folder_decision import apply_outlier_decision
+
+    copy = deepcopy(records)
+    apply_outlier_decision(copy, k)
+    return copy
+
+
+def _outlier_view(records: FilterRecords, k: float) -> dict[str, Any]:
+    """Summary and contamination of ``records`` decided by the outlier cut (same scores)."""
+    from ssfilter.filtering.filter_outputs import summarize
+
+    decided = _decided(records, k)
+    return {"k": k, "summary": summarize(decided), "agreement_with_vote": agreement(records, decided)}
 
 
 if __name__ == "__main__":

@@ -67,20 +67,36 @@ def merge_filter_rows(per_rank: list[list[dict[str, Any]]]) -> list[dict[str, An
 
 
 def summarize_filter_log(path: str | Path, from_fraction: float = 0.5) -> dict[str, Any]:
-    """Filter statistics over the iterations after ``from_fraction`` of training.
+    """Filter statistics over the iterations after ``from_fraction`` of training, and per phase.
 
     Returns:
         ``iterations`` counted, ``abnormal_recall`` (discarded anomalies / anomalies seen, pooled),
         ``abnormal_recall_batch_mean`` (mean of the per-batch recall over batches holding an anomaly),
         ``normal_discard_rate`` (discarded normals / normals seen), ``mean_kept`` and
-        ``synthetic_total``. Label-based figures are None when labels were unknown.
+        ``synthetic_total``; and under ``phases`` the same figures over every iteration of each phase
+        (``cold``, ``regular``, in order of appearance), so the cold start can be judged on its own.
+        Label-based figures are None when labels were unknown.
     """
     with Path(path).open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
         raise ValueError(f"{path} has no rows")
     last = max(int(r["iteration"]) for r in rows)
-    rows = [r for r in rows if int(r["iteration"]) > from_fraction * last]
+    late = [r for r in rows if int(r["iteration"]) > from_fraction * last]
+    out = {**_figures(late), "from_iteration": int(from_fraction * last) + 1}
+    phases = list(dict.fromkeys(r["phase"] for r in rows))
+    out["phases"] = {p: {**_figures([r for r in rows if r["phase"] == p]), **_span(rows, p)} for p in phases}
+    return out
+
+
+def _span(rows: list[dict[str, str]], phase: str) -> dict[str, int]:
+    """First and last iteration of ``phase``."""
+    its = [int(r["iteration"]) for r in rows if r["phase"] == phase]
+    return {"first_iteration": min(its), "last_iteration": max(its)}
+
+
+def _figures(rows: list[dict[str, str]]) -> dict[str, Any]:
+    """Recall, discard rate and counts over ``rows`` (see :func:`summarize_filter_log`)."""
     labelled = [r for r in rows if r.get("anomalies", "") != ""]
     anomalies = sum(int(r["anomalies"]) for r in labelled)
     discarded = sum(int(r["anomalies_discarded"]) for r in labelled)
@@ -91,11 +107,10 @@ def summarize_filter_log(path: str | Path, from_fraction: float = 0.5) -> dict[s
     ]
     return {
         "iterations": len(rows),
-        "from_iteration": int(from_fraction * last) + 1,
         "abnormal_recall": discarded / anomalies if anomalies else None,
         "abnormal_recall_batch_mean": sum(per_batch) / len(per_batch) if per_batch else None,
         "anomalies_seen": anomalies if labelled else None,
         "normal_discard_rate": normals_discarded / normals if normals else None,
-        "mean_kept": sum(int(r["kept"]) for r in rows) / len(rows),
+        "mean_kept": sum(int(r["kept"]) for r in rows) / len(rows) if rows else None,
         "synthetic_total": sum(int(r["synthetic"]) for r in rows),
     }

@@ -170,6 +170,15 @@ def test_filter_log_summary(tmp_path: Path) -> None:
     assert s["normal_discard_rate"] == pytest.approx(1 / 5)
     assert s["mean_kept"] == pytest.approx(2.5)
     assert s["synthetic_total"] == 1
+    # per phase, over all its iterations: cold = 1-3 (6 anomalies, 5 discarded; 6 normals, 2 discarded)
+    cold, regular = s["phases"]["cold"], s["phases"]["regular"]
+    assert list(s["phases"]) == ["cold", "regular"]
+    assert (cold["first_iteration"], cold["last_iteration"], cold["iterations"]) == (1, 3, 3)
+    assert cold["abnormal_recall"] == pytest.approx(5 / 6)
+    assert cold["normal_discard_rate"] == pytest.approx(2 / 6)
+    assert cold["abnormal_recall_batch_mean"] == pytest.approx((1.0 + 0.5) / 2)
+    assert (regular["first_iteration"], regular["abnormal_recall"]) == (4, 1.0)
+    assert regular["normal_discard_rate"] == pytest.approx(1 / 3)
 
 
 @pytest.mark.parametrize("n_images", [1, 2, 3])
