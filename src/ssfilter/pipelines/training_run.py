@@ -154,6 +154,16 @@ def _summarize_filter(run: Path) -> None:
             summary["abnormal_recall"],
             summary["normal_discard_rate"],
         )
+        for name, fig in summary["phases"].items():
+            if fig["abnormal_recall"] is not None:
+                log.info(
+                    "%s phase (iterations %d-%d): abnormal recall %.3f, normals discarded %.3f",
+                    name,
+                    fig["first_iteration"],
+                    fig["last_iteration"],
+                    fig["abnormal_recall"],
+                    fig["normal_discard_rate"],
+                )
 
 
 def _calibrate(cfg: Config, run: Path, paths: list[str], progress: bool) -> None:
