@@ -23,14 +23,14 @@ import torch
 
 from ssfilter.config import Config, apply_overrides, get_preset, load_config, shortcut_overrides
 from ssfilter.data.datasets import Sample, discover, is_mvtec_layout
-from ssfilter.data.formats import recorded_split, resolve_category
 from ssfilter.data.images import Skipped
-from ssfilter.data.validation import prepare_training_samples, validate_samples
+from ssfilter.data.validation import validate_samples
 from ssfilter.errors import RunExistsError
 from ssfilter.filtering.filter_outputs import summarize
 from ssfilter.inference.run import load_run_folder
 from ssfilter.io import atomic_write_json
 from ssfilter.pipelines.filter_run import check_filter_destinations, filter_folder
+from ssfilter.pipelines.run_data import run_test_samples, run_training_samples
 from ssfilter.pipelines.training_run import fit_run
 from ssfilter.runfolder import CALIBRATION_FILE, CONFIG_FILE, FILTER_JSON, read_data_format
 from ssfilter.runtime.distributed import is_main_process
@@ -183,7 +183,9 @@ class Detector:
                 "no test data: pass data=... (an MVTec-layout folder with test/ and ground_truth/)"
             )
         model = self._ensure_model()
-        samples, skipped = validate_samples(self._test_samples(root), masks=True, what="test image")
+        samples, skipped = validate_samples(
+            run_test_samples(self.run_dir, self.data, self.data_format, root), masks=True, what="test image"
+        )
         if not samples:
             raise ValueError(f"no readable test images under {root} ({len(skipped)} skipped)")
         device = next(model.parameters()).device
@@ -271,23 +273,7 @@ class Detector:
 
     def _filter_samples_and_skipped(self, data: str | Path | None) -> tuple[list[Sample], list[Skipped]]:
         """Images to filter (the given folder, else the run's noisy training set) and the unreadable ones."""
-        if data is not None:
-            return prepare_training_samples(data)
-        recorded = recorded_split(self.data, self.run_dir, self.data_format) if self.data else None
-        if recorded is not None:
-            kept, skipped = validate_samples(recorded[0], what="training image")
-            if not kept:
-                raise ValueError(f"no readable training images in the noise split of {self.run_dir}")
-            return kept, skipped
-        if self.data is None:
-            raise ValueError("no data to filter: pass data=... (a folder of images)")
-        return prepare_training_samples(self.data, data_format=self.data_format)
-
-    def _test_samples(self, root: Path) -> list[Sample]:
-        """The test split, honouring the run's ``noise_split.json`` when it was trained on ``root``."""
-        fmt = self.data_format if root == self.data else None
-        recorded = recorded_split(root, self.run_dir, fmt)
-        return recorded[1] if recorded is not None else resolve_category(root, fmt).samples("test")
+        return run_training_samples(self.run_dir, self.data, self.data_format, data)
 
     def predict(self, images: Sequence[str | Path], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """Raw image scores ``[N]`` and anomaly maps ``[N, S, S]`` (S = ``data.eval_size``) for image files.

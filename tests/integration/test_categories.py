@@ -125,6 +125,21 @@ def test_unified_trains_one_model_on_the_union_and_evaluates_each_category(
     assert "abnormal recall (in-batch filter)" in (out / SUMMARY_MD).read_text(encoding="utf-8")
     assert main([*argv[:3], str(root / "bolt"), *argv[4:]]) == 2  # --unified needs a root
 
+    # filter: the run's own training set is the union of the categories' noisy training sets
+    filtered = tmp_path / "filtered"
+    assert (
+        main(["-q", "filter", "--run", str(run), "--out", str(filtered), "--epochs", "2", "--min-keep", "0"])
+        == 0
+    )
+    doc = json.loads((filtered / "filter.json").read_text())
+    assert doc["n"] == 10 and doc["labels_known"] and doc["noise_rate_before"] == pytest.approx(0.2)
+    # evaluate: one category at a time, on that category's noisy test split; the root alone is refused
+    one = tmp_path / "bolt.json"
+    assert main(["-q", "evaluate", "--run", str(run), "--data", str(root / "bolt"), "--out", str(one)]) == 0
+    split = json.loads((run / "categories" / "bolt" / "noise_split.json").read_text())
+    assert {i["path"] for i in json.loads(one.read_text())["images"]} == set(split["test"])
+    assert main(["-q", "evaluate", "--run", str(run), "--out", str(tmp_path / "all.json")]) == 2
+
 
 def test_summary_mean_needs_every_category() -> None:
     from ssfilter.pipelines.categories import summary_markdown

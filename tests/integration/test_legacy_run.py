@@ -28,7 +28,7 @@ def _as_version1(config_yaml: Path) -> None:
         **batch,
         "restoring": restore.pop("enabled"),
         **restore,
-        **dataset,
+        **{k: dataset[k] for k in ("epochs", "min_keep")},  # the dataset filter's keys version 1 had
     }
     raw["version"] = 1
     config_yaml.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")

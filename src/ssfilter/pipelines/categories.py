@@ -33,6 +33,7 @@ from ssfilter.data.formats import Category, DataSet, get_format, recorded_split
 from ssfilter.errors import RunExistsError
 from ssfilter.io import atomic_write_json, atomic_write_text
 from ssfilter.pipelines.benchmark import run_benchmark
+from ssfilter.pipelines.run_data import UNIFIED_CATEGORIES
 from ssfilter.pipelines.training_run import fit_run, fit_samples
 from ssfilter.runfolder import (
     CONFIG_FILE,
@@ -157,7 +158,7 @@ def train_unified(
     log.info("one unified model on %d categories: %s", len(dataset.categories), ", ".join(dataset.names))
     union: list[Sample] = []
     for category in dataset.categories:
-        folder = run / "categories" / category.name
+        folder = run / UNIFIED_CATEGORIES / category.name
         if resume and (folder / NOISE_SPLIT_FILE).is_file():
             from ssfilter.data.noise import NoiseSplit
 
@@ -182,7 +183,7 @@ def train_unified(
     recall = _abnormal_recall(run)
 
     def one(category: Category) -> Row:
-        folder = run / "categories" / category.name
+        folder = run / UNIFIED_CATEGORIES / category.name
         metrics = _evaluate_run(run, category, dataset.format, cfg.train.device, progress, splits=folder)
         row = {"category": category.name, "run": str(run), "values": _pick(metrics, TRAIN_COLUMNS)}
         return {**row, "abnormal_recall": recall}
