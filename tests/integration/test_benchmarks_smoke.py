@@ -87,3 +87,17 @@ def test_gpu_check_smoke_runs_on_cpu_and_prints_fps(tmp_path: Path) -> None:
     for line in fps:
         assert re.search(r": [\d.]+ images/s", line), line
     assert not list(tmp_path.glob("ssfilter_gpu_check.*")), "the work folder is removed"
+
+
+def test_folder_decision_benchmark_measures_the_cut(synthetic_mvtec: Path, capsys) -> None:
+    import json
+
+    from benchmarks.bench_folder_decision import main as bench_main
+
+    assert bench_main(["--data", str(synthetic_mvtec), "--noise", "0.5", "--ks", "2,4"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n"] == 8 + 3 and out["truth"] == 3 / 11  # 0.5 * 8 = 4 asked, capped at half of 6
+    for k in ("k2", "k4"):
+        assert 0.0 <= out[k]["removed"] <= 1.0 and 0.0 <= out[k]["kept"] <= 1.0
+    assert out["k2"]["share"] >= out["k4"]["share"]  # a lower cut never quarantines fewer images
+    assert 0.0 <= out["auroc_mean_a"] <= 1.0
