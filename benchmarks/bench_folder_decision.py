@@ -8,8 +8,8 @@ at each ``k``, with the contamination estimates (mixture and clipped-cut share).
 
 Example (the README's table)::
 
-    python -m benchmarks.bench_folder_decision --data ../shared/data/mvtec_bottle --noise 0.1 \\
-        --weights ../shared/weights/mobilenet_v2_imagenet.safetensors
+    python -m benchmarks.bench_folder_decision --data ../shared/data/mvtec_bottle --noise 0.1
+        --weights ../shared/weights/mobilenet_v2_imagenet.safetensors   (one command line)
 """
 
 from __future__ import annotations
