@@ -101,3 +101,23 @@ def test_folder_decision_benchmark_measures_the_cut(synthetic_mvtec: Path, capsy
         assert 0.0 <= out[k]["removed"] <= 1.0 and 0.0 <= out[k]["kept"] <= 1.0
     assert out["k2"]["share"] >= out["k4"]["share"]  # a lower cut never quarantines fewer images
     assert 0.0 <= out["auroc_mean_a"] <= 1.0
+
+
+def test_map_upsampling_switch_changes_only_inside_the_block() -> None:
+    import torch
+
+    from benchmarks.bench_map_upsampling import align_corners
+    from ssfilter.models.anomaly_map import anomaly_map
+
+    torch.manual_seed(0)
+    enc, dec = [torch.randn(1, 4, 3, 3)], [torch.randn(1, 4, 3, 3)]
+    before = anomaly_map(enc, dec, 8)
+    with align_corners():
+        inside = anomaly_map(enc, dec, 8)
+    after = anomaly_map(enc, dec, 8)
+    assert torch.equal(before, after) and not torch.allclose(before, inside)
+    # align_corners=True puts the grid's corner values exactly on the map's corners
+    grid = anomaly_map(enc, dec, 3)
+    assert torch.allclose(inside[0, 0, 0, 0], grid[0, 0, 0, 0]) and torch.allclose(
+        inside[0, 0, -1, -1], grid[0, 0, -1, -1]
+    )
