@@ -118,6 +118,19 @@ def test_train_noisy_then_filter_and_export(
     assert page.count('class="heatmap"') == len(suspects) > 0  # each suspect's heat-map beside it
     assert _tree_hash(data) == before, "the input folder must stay byte-identical"
 
+    # --decision outlier: the folder's cut on mean A decides; the lists and the report say so
+    cut_args = ["--out", str(tmp_path / "cut"), "--decision", "outlier", "--outlier-k", "1.5", "--dry-run"]
+    assert main([*base, *cut_args]) == 0
+    doc = json.loads((tmp_path / "cut" / "filter.json").read_text())
+    assert doc["params"]["decision"] == "outlier" and doc["params"]["outlier_k"] == 1.5
+    cut = doc["settings"]["outlier_cut"]
+    with (tmp_path / "cut" / "filter.csv").open() as fh:
+        c_rows = list(csv.DictReader(fh))
+    for r in c_rows:  # the decision is the cut on the raw mean A
+        assert r["decision"] == ("anomalous" if float(r["mean_score"]) > cut["threshold"] else "normal")
+    assert all("robust z" in r["reason"] for r in c_rows if r["decision"] == "anomalous")
+    assert "robust standard deviations" in (tmp_path / "cut" / "report.html").read_text(encoding="utf-8")
+
     # the exported folder is itself a valid ssfilter training folder
     assert (
         main(
