@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ssfilter.config import get_preset
+from ssfilter.coverage import resolve_coverage
 from ssfilter.data.formats import resolve_category
 from ssfilter.filtering.contamination import estimate_contamination
 from ssfilter.filtering.dataset_filter import filter_dataset
@@ -46,11 +47,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--weights", default=None, help="MobileNetV2 weights file (default: random, smoke tests)")
     p.add_argument("--ks", default="3,4,5", help="comma separated k of the cut")
     p.add_argument("--seed", type=int, default=0, help="filter seed")
+    p.add_argument("--coverage", choices=("crop", "whole"), default="crop", help="data.coverage (default crop)")
     args = p.parse_args(argv)
     cfg = get_preset("cpu-fast")
     cfg.model.weights = args.weights
     cfg.batch_filter.uncertainty = False
     cfg.train.seed = args.seed
+    cfg.data.coverage = args.coverage
+    cfg = resolve_coverage(cfg, args.coverage)
     samples, _, _ = resolve_category(args.data).noisy_split(args.noise, overlap=True, seed=0)
     start = time.perf_counter()
     model = build_model(cfg, allow_random=args.weights is None)
@@ -60,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: dict[str, object] = {
         "data": args.data,
         "noise": args.noise,
+        "coverage": args.coverage,
         "n": len(records),
         "truth": float(labels.mean()),
         "seconds": time.perf_counter() - start,
