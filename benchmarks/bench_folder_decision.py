@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--weights", default=None, help="MobileNetV2 weights file (default: random, smoke tests)")
     p.add_argument("--ks", default="3,4,5", help="comma separated k of the cut")
     p.add_argument("--seed", type=int, default=0, help="filter seed")
-    p.add_argument("--coverage", choices=("crop", "whole"), default="crop", help="data.coverage (default crop)")
+    p.add_argument("--coverage", choices=("crop", "whole"), default="crop", help="data.coverage")
     args = p.parse_args(argv)
     cfg = get_preset("cpu-fast")
     cfg.model.weights = args.weights
