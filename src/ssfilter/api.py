@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ssfilter.config import Config, apply_overrides, get_preset, load_config, shortcut_overrides
-from ssfilter.data.datasets import Sample, discover, is_mvtec_layout
+from ssfilter.data.datasets import Sample
+from ssfilter.data.formats import resolve_category
 from ssfilter.data.images import Skipped
 from ssfilter.data.validation import validate_samples
 from ssfilter.errors import RunExistsError
@@ -336,22 +337,19 @@ class Detector:
 
         Without ``val``: the unsupervised rule (``calibration.k`` / ``calibration.pixel_k``, see
         :mod:`ssfilter.inference.calibration_rules`) on the run's training images, or on the images under
-        ``data``. With ``val``: F1-max thresholds on a labelled MVTec-layout folder (its ``test/good``
-        and defect folders; pixel F1-max when ``ground_truth`` masks exist).
+        ``data``. With ``val``: F1-max thresholds on the test split of a labelled category (MVTec AD, VisA or
+        Real-IAD layout; pixel F1-max when it has masks).
 
         Args:
             data: Unlabelled images to use instead of the run's training set.
-            val: Labelled MVTec-layout folder.
+            val: A labelled category (its test split is used).
             progress: Show a progress bar.
             save: Write ``calibration.json`` into the run folder.
         """
         predictor = self.predictor()
         if val is not None:
-            if not is_mvtec_layout(val):
-                raise ValueError(
-                    f"--val {val} is not an MVTec-layout folder (test/good, test/<defect>, ground_truth/)"
-                )
-            cal = predictor.calibrate_labelled(discover(val, "test"), progress=progress)
+            # any labelled category (MVTec AD, VisA, Real-IAD); a plain folder is refused: no labels
+            cal = predictor.calibrate_labelled(resolve_category(val).samples("test"), progress=progress)
         else:
             samples = self._filter_samples_and_skipped(data)[0]
             cal = predictor.calibrate_unlabelled([s.path for s in samples], progress=progress)

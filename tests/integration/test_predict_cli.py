@@ -257,3 +257,23 @@ def test_predict_files_api_and_no_readable_input(
     capsys.readouterr()
     assert main(["-q", "predict", "--run", str(run), str(empty), "--out", str(tmp_path / "y")]) == 2
     assert "no image files found" in capsys.readouterr().err
+
+
+def test_calibrate_val_reads_any_labelled_format_and_refuses_a_plain_folder(
+    run: Path, tmp_path: Path, capsys
+) -> None:
+    from ssfilter.data.synthetic_layouts import make_synthetic_dataset
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    visa = make_synthetic_dataset(tmp_path / "visa", "visa", ("candle",), n_test_good=2, n_test_defect=3)
+    base = ["-q", "calibrate", "--run", str(copy), "--device", "cpu", "--val"]
+    assert main([*base, str(visa / "candle")]) == 0
+    cal = Calibration.load(copy)
+    assert cal.source == "validation" and cal.n_images == 5  # the VisA split CSV's test rows
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(next(p for p in (visa / "candle").rglob("*") if p.suffix.lower() in {".jpg", ".png"}), plain)
+    capsys.readouterr()
+    assert main([*base, str(plain)]) == 2
+    assert "needs labels" in capsys.readouterr().err
