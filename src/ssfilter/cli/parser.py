@@ -265,7 +265,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, required=True, help="trained run folder")
     group = p.add_mutually_exclusive_group()
     group.add_argument(
-        "--val", type=Path, default=None, help="labelled category (MVTec AD, VisA, Real-IAD): F1-max thresholds"
+        "--val", type=Path, default=None, help="labelled category (MVTec AD, VisA, Real-IAD): F1-max"
     )
     group.add_argument(
         "--data", type=Path, default=None, help="unlabelled images (default: the run's training set)"
