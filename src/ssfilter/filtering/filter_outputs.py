@@ -11,7 +11,7 @@ import csv
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ __all__ = [
     "FilterRecord",
     "FilterRecords",
     "HIGH_Z",
+    "OutlierCut",
     "PARAM_KEYS",
     "robust_z",
     "suspicion_order",
@@ -100,6 +101,46 @@ class FilterRecords(list[FilterRecord]):
         self.settings: dict[str, Any] = dict(settings or {})
 
 
+@dataclass(frozen=True)
+class OutlierCut:
+    """The folder's cut of ``dataset_filter.decision = "outlier"``: anomalous when ``z(score) > k``.
+
+    Made by :func:`ssfilter.filtering.folder_decision.outlier_cut`; recorded in ``filter.json`` under
+    ``settings.outlier_cut`` and read back here to rank the records and say why each was quarantined.
+
+    Attributes:
+        score: Which mean score was cut (``"mean A"`` or ``"mean U"``).
+        median: Median of the log-scores.
+        scale: ``1.4826 MAD`` of the log-scores (their standard deviation when the MAD is 0).
+        k: Robust standard deviations above the median.
+    """
+
+    score: str
+    median: float
+    scale: float
+    k: float
+
+    @property
+    def field(self) -> str:
+        """The :class:`FilterRecord` attribute holding the cut score."""
+        return "mean_score" if self.score == "mean A" else "mean_uncertainty"
+
+    def z(self, value: float) -> float:
+        """``(log(value) - median) / scale`` (NaN for a missing or non-positive value)."""
+        if not math.isfinite(value) or value <= 0:
+            return math.nan
+        return (math.log(value) - self.median) / self.scale if self.scale > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for ``filter.json``; ``threshold`` is the cut on the raw mean score."""
+        return {**asdict(self), "threshold": math.exp(self.median + self.k * self.scale)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> OutlierCut:
+        """The cut recorded by :meth:`to_dict` (``threshold`` is derived, so it is not read)."""
+        return cls(**{f.name: raw[f.name] for f in fields(cls)})
+
+
 def _ratio(num: int, den: int) -> float | None:
     return num / den if den > 0 else None
 
@@ -158,15 +199,8 @@ def _median(sorted_values: Sequence[float]) -> float:
     return sorted_values[mid] if n % 2 else (sorted_values[mid - 1] + sorted_values[mid]) / 2
 
 
-def _reason(r: FilterRecord, z_a: float, z_u: float, params: dict[str, Any]) -> str:
-    """Why ``r`` was quarantined: the rule that decided it, and which of its mean scores stands out."""
-    if params.get("decision") == "outlier":
-        name, z = ("A", z_a) if math.isfinite(z_a) else ("U", z_u)
-        return (
-            f"mean {name} far above the folder's (log robust z {z:.1f} > {params.get('outlier_k')}); "
-            f"kept {r.times_kept} of {r.times_seen} epochs in its batches"
-        )
-    min_keep = params.get("min_keep")
+def _reason(r: FilterRecord, z_a: float, z_u: float, min_keep: int | None) -> str:
+    """Why the vote quarantined ``r``: its keep count, and which of its mean scores stands out."""
     need = f" (normal needs more than {min_keep})" if min_keep is not None else ""
     parts = [f"kept {r.times_kept} of {r.times_seen} epochs{need}"]
     high = [f"{name} high (robust z {z:.1f})" for name, z in (("A", z_a), ("U", z_u)) if z >= HIGH_Z]
@@ -179,15 +213,12 @@ def _reason(r: FilterRecord, z_a: float, z_u: float, params: dict[str, Any]) -> 
     return "; ".join(parts)
 
 
-def _log_z(values: Sequence[float], cut: dict[str, Any] | None = None) -> list[float]:
-    """The outlier cut's z of each value (NaN for a missing or non-positive one).
-
-    ``(log v - median) / scale`` of ``cut`` (``filter.json``'s ``outlier_cut``), else :func:`robust_z`.
-    """
-    logs = [math.log(v) if math.isfinite(v) and v > 0 else math.nan for v in values]
-    if not cut or not cut.get("scale"):
-        return robust_z(logs)
-    return [(v - cut["median"]) / cut["scale"] for v in logs]
+def _cut_reason(r: FilterRecord, cut: OutlierCut, z: float) -> str:
+    """Why the folder's outlier cut quarantined ``r``."""
+    return (
+        f"{cut.score} far above the folder's (log robust z {z:.1f} > {cut.k}); "
+        f"kept {r.times_kept} of {r.times_seen} epochs in its batches"
+    )
 
 
 def suspicion_order(records: Sequence[FilterRecord], min_keep: int | None = None) -> list[FilterRecord]:
@@ -195,35 +226,37 @@ def suspicion_order(records: Sequence[FilterRecord], min_keep: int | None = None
 
     Under the paper's vote: fewest keeps first; ties by the mean of the robust z-scores of ``A`` and ``U``
     over the folder (higher first), then by path. Under the folder's outlier cut (``params["decision"]
-    == "outlier"``): by the log robust z of the score it cut (``A``, else ``U``), highest first. ``reason``
-    is set on quarantined records only. ``min_keep`` defaults to the records' ``params["min_keep"]``.
+    == "outlier"`` with ``settings["outlier_cut"]``): by the cut's z of the score it cut, highest first,
+    then by path. ``reason`` is set on quarantined records only. ``min_keep`` defaults to the records'
+    ``params["min_keep"]``.
     """
-    params = dict(getattr(records, "params", None) or {})
-    if min_keep is not None:
-        params["min_keep"] = min_keep
-    outlier = params.get("decision") == "outlier"
+    params = getattr(records, "params", None) or {}
+    if min_keep is None:
+        min_keep = params.get("min_keep")
+    recorded = (getattr(records, "settings", None) or {}).get("outlier_cut")
+    cut = OutlierCut.from_dict(recorded) if params.get("decision") == "outlier" and recorded else None
     z_a = robust_z([r.mean_score for r in records])
     z_u = robust_z([r.mean_uncertainty for r in records])
-    if outlier:  # the z the cut was taken on (filter.json's settings.outlier_cut), for its score
-        cut = (getattr(records, "settings", None) or {}).get("outlier_cut") or {}
-        z_a = _log_z([r.mean_score for r in records], cut if cut.get("score") == "mean A" else None)
-        z_u = _log_z([r.mean_uncertainty for r in records], cut if cut.get("score") == "mean U" else None)
+    z_cut = [cut.z(getattr(r, cut.field)) for r in records] if cut is not None else []
 
     def combined(i: int) -> float:
-        zs = [z for z in (z_a[i], z_u[i]) if math.isfinite(z)]
-        if outlier:
-            zs = zs[:1] if math.isfinite(z_a[i]) else zs
+        zs = [z_cut[i]] if cut is not None else [z_a[i], z_u[i]]
+        zs = [z for z in zs if math.isfinite(z)]
         return sum(zs) / len(zs) if zs else 0.0
 
     def key(i: int) -> tuple[float, float, str]:
-        kept = 0 if outlier else records[i].times_kept
-        return (kept, -combined(i), records[i].path)
+        return (0 if cut is not None else records[i].times_kept, -combined(i), records[i].path)
 
     order = sorted(range(len(records)), key=key)
     for rank, i in enumerate(order, start=1):
         r = records[i]
         r.rank = rank
-        r.reason = _reason(r, z_a[i], z_u[i], params) if r.decision == "anomalous" else ""
+        if r.decision != "anomalous":
+            r.reason = ""
+        elif cut is not None and math.isfinite(z_cut[i]):
+            r.reason = _cut_reason(r, cut, z_cut[i])
+        else:  # decided by the vote (no cut, or no score for the cut to judge)
+            r.reason = _reason(r, z_a[i], z_u[i], min_keep)
     return [records[i] for i in order]
 
 

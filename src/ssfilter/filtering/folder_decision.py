@@ -22,46 +22,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
-from ssfilter.filtering.filter_outputs import FilterRecord
+from ssfilter.filtering.filter_outputs import FilterRecord, OutlierCut
 
-__all__ = ["DECISIONS", "OutlierCut", "apply_outlier_decision", "outlier_cut"]
+__all__ = ["DECISIONS", "apply_outlier_decision", "outlier_cut"]
 
 #: Values of ``dataset_filter.decision``.
 DECISIONS = ("vote", "outlier")
 #: At most this many rounds of clipping (each only removes images, so it ends much sooner).
 MAX_CLIP_ROUNDS = 50
-
-
-@dataclass(frozen=True)
-class OutlierCut:
-    """The folder's cut: anomalous when ``(log(score) - median) / scale > k``.
-
-    Attributes:
-        score: Which mean score was cut (``"mean A"`` or ``"mean U"``).
-        median: Median of the log-scores.
-        scale: ``1.4826 MAD`` of the log-scores (their standard deviation when the MAD is 0).
-        k: Robust standard deviations above the median.
-    """
-
-    score: str
-    median: float
-    scale: float
-    k: float
-
-    def z(self, value: float) -> float:
-        """Robust z of one mean score (NaN for a missing one)."""
-        if not math.isfinite(value) or value <= 0:
-            return math.nan
-        return (math.log(value) - self.median) / self.scale if self.scale > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values for ``filter.json``; ``threshold`` is the cut on the raw mean score."""
-        return {**asdict(self), "threshold": math.exp(self.median + self.k * self.scale)}
 
 
 def _score_of(records: Sequence[FilterRecord]) -> tuple[str, np.ndarray] | None:
@@ -117,9 +88,8 @@ def apply_outlier_decision(records: Sequence[FilterRecord], k: float) -> Outlier
     cut = outlier_cut(records, k)
     if cut is None:
         return None
-    field = "mean_score" if cut.score == "mean A" else "mean_uncertainty"
     for r in records:
-        z = cut.z(getattr(r, field))
+        z = cut.z(getattr(r, cut.field))
         if math.isfinite(z):
             r.decision = "anomalous" if z > cut.k else "normal"
     return cut
