@@ -23,15 +23,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-@pytest.fixture
-def ssf_config(tiny_config):
-    cfg = tiny_config
-    cfg.train.method = "ssfilter"
-    cfg.data.batch_size = 6
-    cfg.batch_filter.tau = 0.5  # low, so that material candidates and restoration occur in a short run
-    return cfg
-
-
 @pytest.mark.parametrize("synthesis", ["ours", "cutpaste", "draem"])
 def test_training_with_each_synthesis_method(
     tmp_path: Path, synthetic_mvtec: Path, ssf_config, synthesis: str

@@ -25,15 +25,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-@pytest.fixture
-def ssf_config(tiny_config):
-    cfg = tiny_config
-    cfg.train.method = "ssfilter"
-    cfg.data.batch_size = 6
-    cfg.batch_filter.tau = 0.5  # low, so that material candidates and restoration occur in a short run
-    return cfg
-
-
 def test_ssfilter_training_writes_filter_log(tmp_path: Path, synthetic_mvtec: Path, ssf_config) -> None:
     Trainer(ssf_config, discover(synthetic_mvtec, "train"), tmp_path / "run", progress=False).fit()
     rows = _rows(tmp_path / "run" / FILTER_LOG_FILE)
