@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +26,6 @@ from ssfilter.inference.onnx_predictor import OnnxPredictor, preprocess, read_on
 from ssfilter.inference.predictor import Predictor  # noqa: E402
 from ssfilter.runfolder import CALIBRATION_FILE  # noqa: E402
 from ssfilter.training.checkpoint import build_model  # noqa: E402
-
-SRC = Path(__file__).resolve().parents[3] / "src"
 
 
 def _dinomaly(cfg: Config) -> Config:
@@ -200,19 +195,12 @@ print(json.dumps({"n": len(preds), "skipped": len(skipped), "loaded": [m for m i
 
 
 def test_onnx_predictor_runs_without_torch(
-    exported: tuple[Path, Path], synthetic_mvtec: Path, tmp_path: Path
+    exported: tuple[Path, Path], synthetic_mvtec: Path, tmp_path: Path, run_script
 ) -> None:
     run, path = exported
     paths = _test_images(synthetic_mvtec)
     out = tmp_path / "onnx_out.npz"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-c", _TORCH_FREE_SCRIPT, str(path), str(out), *paths],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    proc = run_script(_TORCH_FREE_SCRIPT, str(path), str(out), *paths)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info == {"n": 9, "skipped": 0, "loaded": []}

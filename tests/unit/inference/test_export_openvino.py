@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +29,6 @@ from ssfilter.inference.openvino_export import export_openvino  # noqa: E402
 from ssfilter.inference.predictor import Predictor  # noqa: E402
 from ssfilter.training.checkpoint import build_model  # noqa: E402
 
-SRC = Path(__file__).resolve().parents[3] / "src"
 TOL = parity.SCORE_TOLERANCE
 
 
@@ -225,19 +222,12 @@ print(json.dumps({"n": len(preds), "skipped": len(skipped), "loaded": [m for m i
 
 
 def test_openvino_predictor_runs_without_torch(
-    ov_exported: tuple[Path, Path], synthetic_mvtec: Path, tmp_path: Path
+    ov_exported: tuple[Path, Path], synthetic_mvtec: Path, tmp_path: Path, run_script
 ) -> None:
     run, path = ov_exported
     paths = _test_images(synthetic_mvtec)
     out = tmp_path / "ov_out.npz"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-c", _TORCH_FREE_SCRIPT, str(path), str(out), *paths],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    proc = run_script(_TORCH_FREE_SCRIPT, str(path), str(out), *paths)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"n": 9, "skipped": 0, "loaded": []}
     got = np.load(out)
