@@ -30,7 +30,7 @@ from torch import Tensor
 
 from benchmarks.common import random_config, random_model, synchronize, time_samples
 from ssfilter.config import Config
-from ssfilter.evaluation.evaluate import predict_maps
+from ssfilter.evaluation.scorers import predict_maps
 from ssfilter.models.dinomaly import DinomalyModel
 
 __all__ = ["PAPER_FPS", "FpsResult", "inference_fn", "main", "measure_fps"]

@@ -56,7 +56,11 @@ class DataConfig:
         coverage: ``"crop"`` (resize, then centre crop: the MVTec benchmark convention), ``"whole"``
             (resize straight to ``crop``: no border lost) or ``"auto"``: whole for a plain folder of the
             user's parts, crop for the benchmark formats; resolved and saved when training starts
-            (:func:`ssfilter.coverage.resolve_coverage`).
+            (:func:`ssfilter.coverage.resolve_coverage`). ``"tiles"``: scale the image by
+            ``tile_scale`` (aspect kept) and score overlapping ``crop x crop`` tiles, for tiny defects on
+            high-resolution parts (:mod:`ssfilter.data.tiling`).
+        tile_scale: Resize factor before tiling (1.0 = native resolution); tiled runs only.
+        tile_overlap: Least share of a tile its neighbours overlap; tiled runs only.
     """
 
     resize: int = 448
@@ -65,6 +69,8 @@ class DataConfig:
     num_workers: int = 0
     eval_size: int = 256
     coverage: str = "auto"
+    tile_scale: float = 1.0
+    tile_overlap: float = 0.25
 
 
 @dataclass
@@ -418,6 +424,7 @@ SHORTCUTS: dict[str, str] = {
     "crop": "data.crop",
     "resize": "data.resize",
     "coverage": "data.coverage",
+    "tile_scale": "data.tile_scale",
 }
 
 

@@ -12,15 +12,16 @@ from ssfilter.config import Config
 __all__ = ["COVERAGES", "resolve_coverage"]
 
 #: Values of ``data.coverage``.
-COVERAGES = ("auto", "crop", "whole")
+COVERAGES = ("auto", "crop", "whole", "tiles")
 
 
 def resolve_coverage(cfg: Config, default: str) -> Config:
-    """A copy of ``cfg`` whose ``data.coverage`` is ``"crop"`` or ``"whole"``, with sizes to match.
+    """A copy of ``cfg`` whose ``data.coverage`` is ``"crop"``, ``"whole"`` or ``"tiles"``, sizes to match.
 
     ``"auto"`` becomes ``default`` (the data format's convention: ``"whole"`` for a plain folder,
     ``"crop"`` for a labelled benchmark format). ``"whole"`` sets ``resize = crop``: the image is resized
     straight to the model's input size, so nothing is cut off and the model and its cost are unchanged.
+    ``"tiles"`` is kept as chosen (never the default: it multiplies the cost by the number of tiles).
 
     Raises:
         ValueError: ``data.coverage`` or ``default`` is not one of :data:`COVERAGES`.
@@ -33,6 +34,11 @@ def resolve_coverage(cfg: Config, default: str) -> Config:
     if coverage == "auto":
         raise ValueError("the default coverage must be 'crop' or 'whole', not 'auto'")
     out.data.coverage = coverage
-    if coverage == "whole":
+    if coverage == "tiles":
+        if not out.data.tile_scale > 0:
+            raise ValueError(f"data.tile_scale must be positive, got {out.data.tile_scale}")
+        if not 0.0 <= out.data.tile_overlap < 1.0:
+            raise ValueError(f"data.tile_overlap must be in [0, 1), got {out.data.tile_overlap}")
+    if coverage in ("whole", "tiles"):  # tiles: resize is unused, the image is scaled by tile_scale
         out.data.resize = out.data.crop
     return out

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssfilter.filtering.clean_export import export_name
-from ssfilter.filtering.dataset_filter import decide, epoch_batches
-from ssfilter.filtering.filter_outputs import FilterRecord, summarize
+from ssfilter.filtering.dataset_filter import epoch_batches
+from ssfilter.filtering.filter_outputs import FilterRecord, decide, summarize
 
 FUZZ = settings(max_examples=80, deadline=None, derandomize=True)
 RATIOS = ("noise_rate_before", "noise_rate_after", "normal_kept", "anomalies_removed")

@@ -10,8 +10,8 @@ from tqdm.auto import tqdm
 
 from ssfilter.baselines.registry import Baseline
 from ssfilter.config import DataConfig
-from ssfilter.data.datasets import AnomalyDataset, Sample
-from ssfilter.data.transforms import transform_for
+from ssfilter.data.datasets import Sample
+from ssfilter.data.tile_dataset import training_dataset
 
 __all__ = ["fit_on_samples"]
 
@@ -26,6 +26,8 @@ def fit_on_samples(
 ) -> Baseline:
     """Move ``model`` to ``device`` and fit it on ``train_samples`` (labels are never used).
 
+    Tiled runs (``data.coverage = "tiles"``) fit on every tile of every image.
+
     Args:
         model: An unfitted baseline (its encoder's mean/std normalise the images).
         train_samples: Training images.
@@ -39,9 +41,8 @@ def fit_on_samples(
     """
     device = torch.device(device)
     encoder = model.encoder
-    transform = transform_for(data_cfg, encoder)
     loader = DataLoader(
-        AnomalyDataset(list(train_samples), transform),
+        training_dataset(data_cfg, list(train_samples), encoder),
         batch_size=batch_size or data_cfg.batch_size,
         shuffle=False,
         num_workers=data_cfg.num_workers,

@@ -20,6 +20,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from ssfilter.config import Config, DataConfig
+from ssfilter.data.tiling import scaled_size
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -27,8 +28,10 @@ __all__ = [
     "MaskTransform",
     "Normalization",
     "build_image_transform",
+    "ScaledTransform",
     "build_mask_transform",
     "denormalize",
+    "mask_transform_for",
     "transform_for",
 ]
 
@@ -95,17 +98,73 @@ def transform_for(cfg: Config | DataConfig, encoder: Normalization) -> Callable[
     """The image transform of a run: its data sizes and its encoder's normalisation.
 
     The one place that pairs ``data.resize`` / ``data.crop`` with the encoder's mean and std, so every
-    command preprocesses images exactly as training did.
+    command preprocesses images exactly as training did. With ``data.coverage = "tiles"`` the image is
+    only scaled (:class:`ScaledTransform`); cutting it into tiles is the caller's (see
+    :mod:`ssfilter.data.tiling`).
 
     Args:
         cfg: The run's config, or just its ``data`` section.
         encoder: The model's encoder (anything with ``mean`` and ``std``).
 
     Returns:
-        A callable mapping an RGB PIL image to a float tensor ``[3, crop, crop]``.
+        A callable mapping an RGB PIL image to a float tensor ``[3, crop, crop]`` (tiles: ``[3, H, W]``).
     """
     data = cfg.data if isinstance(cfg, Config) else cfg
+    if data.coverage == "tiles":
+        return ScaledTransform(data.tile_scale, data.crop, encoder.mean, encoder.std)
     return build_image_transform(data.resize, data.crop, encoder.mean, encoder.std)
+
+
+def mask_transform_for(cfg: Config | DataConfig) -> Callable[[np.ndarray], torch.Tensor]:
+    """The mask transform matching :func:`transform_for`'s geometry for metrics.
+
+    Tiled runs compare maps and masks at ``eval_size x eval_size`` over the whole image, so their masks go
+    straight there (bilinear, ``> 0``: a defect of a few pixels is never lost on the way down).
+    """
+    data = cfg.data if isinstance(cfg, Config) else cfg
+    if data.coverage == "tiles":
+        return MaskTransform(data.eval_size, data.eval_size)
+    return MaskTransform(data.resize, data.crop)
+
+
+class ScaledTransform:
+    """Resize an image by ``scale`` (aspect kept, at least one ``tile`` per side), to tensor, normalise.
+
+    The preprocessing of tiled runs (see :func:`ssfilter.data.tiling.scaled_size`); picklable.
+
+    Args:
+        scale: Resize factor (1.0 = native resolution).
+        tile: Side of a tile; a shorter image side is scaled up to it.
+        mean: Normalisation mean per channel.
+        std: Normalisation standard deviation per channel.
+    """
+
+    def __init__(
+        self,
+        scale: float,
+        tile: int,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        scaled_size(tile, tile, scale, tile)  # validates scale and tile
+        self.scale, self.tile = scale, tile
+        self._tail = T.Compose([T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))])
+
+    def size_of(self, width: int, height: int) -> tuple[int, int]:
+        """``(width, height)`` an image of this size is resized to."""
+        return scaled_size(width, height, self.scale, self.tile)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """``[3, H, W]`` normalised tensor of the scaled image."""
+        width, height = self.size_of(*image.size)
+        if (width, height) != image.size:
+            image = T.functional.resize(
+                image, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True
+            )
+        return self._tail(image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(scale={self.scale}, tile={self.tile})"
 
 
 class MaskTransform:

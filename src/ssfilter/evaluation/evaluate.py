@@ -1,17 +1,15 @@
 """Evaluate an anomaly scorer on a labelled test split (SPEC §1 maps, §8 metrics): one loop for all.
 
-Every method is evaluated by the same loop, :func:`evaluate`, over a :class:`Scorer`: something that turns
-a batch of normalised images into anomaly maps at ``eval_size`` and image scores
-(``maps, scores = scorer(images)``). :class:`ModelScorer` adapts a trained Dinomaly-family model and
-:class:`BaselineScorer` a fitted baseline (PatchCore, SoftPatch); :func:`evaluate_model` and
-:func:`evaluate_baseline` are the two one-call entry points.
+Every method is evaluated by the same loop, :func:`evaluate`, over a
+:class:`~ssfilter.evaluation.scorers.Scorer`: something that turns a batch of normalised images into anomaly
+maps at ``eval_size`` and image scores (``maps, scores = scorer(images)``); :func:`evaluate_model` and
+:func:`evaluate_baseline` are the two one-call entry points (tiled when the run's coverage is ``"tiles"``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,21 +20,12 @@ from tqdm.auto import tqdm
 from ssfilter.baselines.registry import Baseline
 from ssfilter.config import Config, DataConfig
 from ssfilter.data.datasets import AnomalyDataset, Sample
-from ssfilter.data.transforms import build_mask_transform, transform_for
+from ssfilter.data.transforms import mask_transform_for, transform_for
 from ssfilter.evaluation.metrics import MetricAccumulator
-from ssfilter.models.anomaly_map import evaluation_maps
+from ssfilter.evaluation.scorers import BaselineScorer, Scorer, scorer_for, with_coverage
 from ssfilter.models.dinomaly import DinomalyModel
 
-__all__ = [
-    "BaselineScorer",
-    "EvaluationResult",
-    "ModelScorer",
-    "Scorer",
-    "evaluate",
-    "evaluate_baseline",
-    "evaluate_model",
-    "predict_maps",
-]
+__all__ = ["EvaluationResult", "evaluate", "evaluate_baseline", "evaluate_model"]
 
 
 @dataclass
@@ -66,86 +55,6 @@ class EvaluationResult:
 
 
 @torch.no_grad()
-def predict_maps(
-    model: DinomalyModel, images: torch.Tensor, eval_size: int, amp: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blurred anomaly maps ``[B, S, S]`` at ``eval_size`` and top-1% image scores ``[B]``."""
-    device_type = images.device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp and device_type == "cuda"):
-        rec = model(images)
-    enc = [t.float() for t in rec.encoder]
-    dec = [t.float() for t in rec.decoder]
-    return evaluation_maps(enc, dec, model.crop, eval_size)
-
-
-class Scorer(Protocol):
-    """Anomaly maps and image scores of image batches: what :func:`evaluate` needs of a method.
-
-    Attributes:
-        device: Where the scorer wants its input images.
-        mean: Per-channel mean of the image normalisation the scorer expects.
-        std: Per-channel standard deviation of that normalisation.
-    """
-
-    device: torch.device
-    mean: Sequence[float]
-    std: Sequence[float]
-
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Maps ``[B, S, S]`` at the evaluation size and image scores ``[B]`` of normalised images."""
-        ...
-
-
-class ModelScorer:
-    """A trained Dinomaly-family model as a :class:`Scorer` (:func:`predict_maps`).
-
-    Args:
-        model: The model, already on its device.
-        eval_size: Side of the maps.
-        amp: Run the model under bfloat16 autocast on CUDA.
-    """
-
-    def __init__(self, model: DinomalyModel, eval_size: int, amp: bool = False) -> None:
-        self.model = model.eval()
-        self.eval_size = eval_size
-        self.amp = amp
-        self.device = next(model.parameters()).device
-        self.mean, self.std = model.encoder.mean, model.encoder.std
-
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Maps ``[B, S, S]`` and top-1% image scores ``[B]``."""
-        return predict_maps(self.model, images, self.eval_size, amp=self.amp)
-
-
-class BaselineScorer:
-    """A fitted baseline (PatchCore, SoftPatch) as a :class:`Scorer`.
-
-    The baseline's maps come at the crop size; they are resized bilinearly to ``eval_size`` (when they
-    differ), the image scores are the baseline's own.
-
-    Args:
-        model: The fitted baseline, already on its device.
-        eval_size: Side of the maps.
-    """
-
-    def __init__(self, model: Baseline, eval_size: int) -> None:
-        self.model = model
-        self.eval_size = eval_size
-        self.device = model.device
-        self.mean, self.std = model.encoder.mean, model.encoder.std
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Maps ``[B, S, S]`` and image scores ``[B]``."""
-        maps, scores = self.model.predict(images)
-        size = self.eval_size
-        if tuple(maps.shape[-2:]) != (size, size):
-            maps = F.interpolate(maps.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)
-            maps = maps.squeeze(1)
-        return maps, scores
-
-
-@torch.no_grad()
 def evaluate(
     scorer: Scorer,
     samples: Sequence[Sample],
@@ -170,11 +79,11 @@ def evaluate(
     """
     device = scorer.device
     transform = transform_for(data_cfg, scorer)
-    mask_transform = build_mask_transform(data_cfg.resize, data_cfg.crop)
-    dataset = AnomalyDataset(list(samples), transform, mask_transform)
+    dataset = AnomalyDataset(list(samples), transform, mask_transform_for(data_cfg))
+    tiled = data_cfg.coverage == "tiles"  # whole images of any size, each many tiles: one at a time
     loader = DataLoader(
         dataset,
-        batch_size=batch_size or data_cfg.batch_size,
+        batch_size=1 if tiled else batch_size or data_cfg.batch_size,
         shuffle=False,
         num_workers=data_cfg.num_workers,
         pin_memory=device.type == "cuda",
@@ -213,8 +122,7 @@ def evaluate_model(
 ) -> EvaluationResult:
     """Compute all SPEC §8 metrics of a trained model on labelled ``samples`` (see :func:`evaluate`)."""
     model = model.to(torch.device(device)).eval()
-    scorer = ModelScorer(model, cfg.data.eval_size, amp=cfg.train.amp)
-    return evaluate(scorer, samples, cfg.data, batch_size=batch_size, progress=progress)
+    return evaluate(scorer_for(model, cfg), samples, cfg.data, batch_size=batch_size, progress=progress)
 
 
 def evaluate_baseline(
@@ -228,5 +136,5 @@ def evaluate_baseline(
 ) -> EvaluationResult:
     """Compute all SPEC §8 metrics of a fitted baseline on labelled ``samples`` (see :func:`evaluate`)."""
     model = model.to(torch.device(device))
-    scorer = BaselineScorer(model, data_cfg.eval_size)
+    scorer = with_coverage(lambda size: BaselineScorer(model, size), data_cfg)
     return evaluate(scorer, samples, data_cfg, batch_size=batch_size, progress=progress)

@@ -102,17 +102,26 @@ class BatchFilter:
 
     @torch.no_grad()
     def score(
-        self, model: DinomalyModel, feats: EncoderFeatures, *, mc: bool = True
+        self,
+        model: DinomalyModel,
+        feats: EncoderFeatures,
+        *,
+        mc: bool = True,
+        groups: Tensor | None = None,
     ) -> tuple[Tensor | None, Uncertainty | None]:
         """Patch comparison scores ``A`` and MC-dropout uncertainty of a batch (as configured).
 
-        ``mc=False`` skips the MC passes (the caller brings its own uncertainties).
+        ``mc=False`` skips the MC passes (the caller brings its own uncertainties). ``groups`` ``[B]``:
+        the image each tile comes from (tiled runs); tiles are compared only with other images' tiles,
+        unless the whole batch comes from one image (then each tile stands for itself).
         """
         cfg = self.cfg
         a = None
         if cfg.patch_scoring and feats.batch_size >= 2:
             desc = self.descriptors(model, feats)
-            a = batch_anomaly_scores(desc, cfg.patch_topk_ratio, cfg.image_topk_ratio, cfg.block_rows)
+            if groups is not None and len(set(groups.tolist())) < 2:
+                groups = None
+            a = batch_anomaly_scores(desc, cfg.patch_topk_ratio, cfg.image_topk_ratio, cfg.block_rows, groups)
         unc = None
         if cfg.uncertainty and mc:
             unc = mc_uncertainty(model, feats, cfg.mc_passes, cfg.image_topk_ratio)
@@ -133,14 +142,16 @@ class BatchFilter:
         images: Tensor | None = None,
         *,
         uncertainty: Tensor | None = None,
+        groups: Tensor | None = None,
     ) -> BatchSelection:
         """Score and select one batch; with ``images``, also extract materials of the candidates.
 
         ``uncertainty`` ``[B]``: precomputed ``U`` (the dataset filter's per-image bank) used instead of
         running the MC passes; the selection then has no :class:`Uncertainty` and extracts no materials.
+        ``groups`` ``[B]``: the image of each tile in tiled runs (see :meth:`score`).
         """
         cfg = self.cfg
-        a, unc = self.score(model, feats, mc=uncertainty is None)
+        a, unc = self.score(model, feats, mc=uncertainty is None, groups=groups)
         b = feats.batch_size
         if b < 2:
             # Small-batch guard: comparison needs other images; a single image is simply kept.

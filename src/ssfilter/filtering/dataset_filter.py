@@ -4,7 +4,8 @@ A trained model's in-batch filter (:class:`~ssfilter.filtering.batch_filter.Batc
 whole training set for ``kappa1`` random epochs; an image is *normal* when the in-batch filter keeps it
 **more than** ``kappa2`` times (``times_kept > min_keep``), otherwise *anomalous*. This module holds that
 vote only: the records it returns are written by :mod:`ssfilter.filtering.filter_outputs` and the kept
-images exported by :mod:`ssfilter.filtering.clean_export`.
+images exported by :mod:`ssfilter.filtering.clean_export`. One job, the vote and its bookkeeping, hence
+the length. Tiled runs vote on tiles; :mod:`ssfilter.filtering.tile_votes` merges them per image.
 
 Choices where the paper is silent (this module's contract):
 
@@ -50,11 +51,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ssfilter.config import Config
-from ssfilter.data.datasets import LABEL_ANOMALOUS, LABEL_NORMAL, LABEL_UNKNOWN, AnomalyDataset, Sample
-from ssfilter.data.transforms import transform_for
+from ssfilter.data.datasets import LABEL_ANOMALOUS, LABEL_NORMAL, LABEL_UNKNOWN, Sample
+from ssfilter.data.tile_dataset import dataset_groups, training_dataset
 from ssfilter.filtering.batch_filter import BatchFilter, BatchSelection
-from ssfilter.filtering.filter_outputs import Decision, FilterRecord, FilterRecords
+from ssfilter.filtering.filter_outputs import FilterRecord, FilterRecords, decide
 from ssfilter.filtering.folder_decision import DECISIONS, apply_outlier_decision
+from ssfilter.filtering.tile_votes import merge_tile_records
 from ssfilter.filtering.uncertainty_bank import UncertaintyBank
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.feature_cache import FeatureCache
@@ -69,7 +71,6 @@ __all__ = [
     "UNCERTAINTY_MODES",
     "VoteTally",
     "batch_dropout_seed",
-    "decide",
     "epoch_batches",
     "filter_dataset",
 ]
@@ -77,11 +78,6 @@ __all__ = [
 
 #: How the dataset filter gets each image's MC-dropout uncertainty (see the module docstring).
 UNCERTAINTY_MODES = ("per-image", "per-batch")
-
-
-def decide(times_kept: int, min_keep: int) -> Decision:
-    """Paper §3.6: normal when kept *more than* ``min_keep`` (kappa2) times."""
-    return "normal" if times_kept > min_keep else "anomalous"
 
 
 # -- the epoch plan -------------------------------------------------------------------------------------
@@ -331,22 +327,23 @@ class DatasetFilter:
         model.to(dev)
         was_training = model.training
         model.eval()  # the uncertainty passes force the bottleneck dropout on by themselves
-        transform = transform_for(self.cfg, model.encoder)
         budget = cache_bytes if cache_features else 0
-        dataset = AnomalyDataset(samples, transform)
+        # Tiled runs vote on tiles (the units), then merge each image's tiles (filtering/tile_votes.py).
+        dataset = training_dataset(self.cfg, samples, model.encoder)
+        groups, units = dataset_groups(dataset), len(dataset)
         cache = FeatureCache(dataset, model, dev, budget, pin_memory=dev.type == "cuda")
-        mine = self.plan(n)[rank::world]
+        mine = self.plan(units)[rank::world]
         try:
-            votes = self._vote(model, cache, n, mine, dev, progress=progress and rank == 0)
+            votes = self._vote(model, cache, units, mine, dev, groups, progress=progress and rank == 0)
         finally:
             model.train(was_training)
         if world > 1:
             votes = [v for part in distributed.all_gather_object(votes) for v in part]
             votes.sort(key=lambda v: (v.epoch, v.batch))
-        tally = VoteTally(n)
+        tally = VoteTally(units)
         for v in votes:
             tally.add(v)
-        batch_size = min(self.cfg.data.batch_size, n)
+        batch_size = min(self.cfg.data.batch_size, units)
         params = {
             "epochs": self.epochs,
             "min_keep": self.min_keep,
@@ -359,7 +356,11 @@ class DatasetFilter:
             "uncertainty": self.uncertainty,
             "pool": self.pool if self.uncertainty == "per-image" else None,
         }
-        records = tally.records(samples, self.min_keep)
+        if groups is None:
+            records = tally.records(samples, self.min_keep)
+        else:
+            tiles = tally.records([samples[g] for g in groups.tolist()], self.min_keep)
+            records = merge_tile_records(tiles, groups, samples, self.min_keep)
         if self.decision == "outlier":
             cut = apply_outlier_decision(records, self.outlier_k)
             settings["outlier_cut"] = None if cut is None else cut.to_dict()
@@ -372,10 +373,13 @@ class DatasetFilter:
         n: int,
         batches: Iterable[PlannedBatch],
         dev: torch.device,
+        groups: torch.Tensor | None = None,
         *,
         progress: bool,
     ) -> list[BatchVotes]:
         """Run the in-batch filter on ``batches`` of the ``n`` cached images (regular phase).
+
+        ``groups``: the image of every unit when the units are tiles (compared only across images).
 
         The caller's random state is left alone: the dropout masks are seeded per batch inside a forked RNG.
         """
@@ -404,7 +408,8 @@ class DatasetFilter:
                         u = bank.draw(planned.indices, torch.Generator().manual_seed(batch_seed))
                     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                         feats = cache.features_for(planned.indices)
-                        sel = batch_filter.select(iteration, model, feats, uncertainty=u)
+                        ids = None if groups is None else groups[planned.indices]
+                        sel = batch_filter.select(iteration, model, feats, uncertainty=u, groups=ids)
                     votes.append(BatchVotes.from_selection(planned, sel, u))
                     bar.update(1)
             finally:

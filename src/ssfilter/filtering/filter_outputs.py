@@ -27,6 +27,7 @@ __all__ = [
     "HIGH_Z",
     "OutlierCut",
     "PARAM_KEYS",
+    "decide",
     "robust_z",
     "suspicion_order",
     "summarize",
@@ -53,6 +54,11 @@ HIGH_Z = 3.0
 
 #: The dataset filter's parameters written under ``"params"`` in ``filter.json``.
 PARAM_KEYS = ("epochs", "min_keep", "batch_size", "seed", "decision", "outlier_k")
+
+
+def decide(times_kept: int, min_keep: int) -> Decision:
+    """Paper §3.6: normal when kept *more than* ``min_keep`` (kappa2) times."""
+    return "normal" if times_kept > min_keep else "anomalous"
 
 
 @dataclass

@@ -12,7 +12,8 @@ memory at ``O(block_rows * B*HW)`` while giving the same numbers as the full com
 
 Same-image pairs are EXCLUDED (set to ``-inf`` before the top-k, so they can never be picked), not filled
 with 0 as in the paper's pseudocode: a 0 could still be selected when few other-image similarities are
-positive.
+positive. With ``groups`` (tiled training: several tiles of one image in a batch), all pairs within a group
+are excluded, since overlapping tiles of one image share pixels and would match each other's defects.
 
 All functions compute in at least float32 (bf16/fp16 inputs are cast up, autocast is switched off inside)
 and without autograd: the scores are a selection signal, never a loss.
@@ -39,14 +40,27 @@ __all__ = [
 NORM_EPS: float = 1e-12
 
 
-def neighbour_count(batch_size: int, num_patches: int, topk_ratio: float) -> int:
+def neighbour_count(batch_size: int, num_patches: int, topk_ratio: float, largest_group: int = 1) -> int:
     """Number ``k`` of best matches averaged per patch: ``max(1, int(B*HW*topk_ratio))``.
 
-    Clamped to ``(B-1)*HW``, the number of patches in the other images, so ``topk`` never runs out of values.
+    Clamped to ``(B-largest_group)*HW``, the fewest patches any image may be compared with (the other
+    images, or the other groups'), so ``topk`` never runs out of values.
     """
     _check_ratio(topk_ratio, "topk_ratio")
     k = max(1, int(batch_size * num_patches * topk_ratio))
-    return min(k, (batch_size - 1) * num_patches)
+    return min(k, (batch_size - largest_group) * num_patches)
+
+
+def _same_group(b: int, groups: Tensor | None) -> list[list[int]]:
+    """For every image of the batch, the images it must not be compared with (itself included)."""
+    if groups is None:
+        return [[i] for i in range(b)]
+    ids = [int(g) for g in groups.reshape(-1).tolist()]
+    if len(ids) != b:
+        raise ValueError(f"groups must hold one id per image ({b}), got {len(ids)}")
+    if len(set(ids)) < 2:
+        raise ValueError("patch comparison needs images of at least 2 groups in the batch")
+    return [[j for j in range(b) if ids[j] == ids[i]] for i in range(b)]
 
 
 def _check_ratio(ratio: float, name: str) -> None:
@@ -74,7 +88,9 @@ def _normalised(desc: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def patch_scores(desc: Tensor, topk_ratio: float = 0.001, block_rows: int = 4096) -> Tensor:
+def patch_scores(
+    desc: Tensor, topk_ratio: float = 0.001, block_rows: int = 4096, groups: Tensor | None = None
+) -> Tensor:
     """Patch scores ``1 - mean(top-k similarities to the other images' patches)``, row-blocked.
 
     Args:
@@ -82,6 +98,7 @@ def patch_scores(desc: Tensor, topk_ratio: float = 0.001, block_rows: int = 4096
         topk_ratio: ``k = max(1, int(B*HW*topk_ratio))`` best matches per patch (clamped to ``(B-1)*HW``).
         block_rows: Rows of the ``(B*HW) x (B*HW)`` similarity matrix computed at once; bounds the extra
             memory to about ``block_rows * B*HW`` floats. Any value ``>= 1`` gives the same result.
+        groups: ``[B]`` group id per image (tiles of one image); pairs within a group are excluded.
 
     Returns:
         Patch scores ``[B, HW]`` in float32 (float64 for float64 input), on ``desc``'s device; in ``[0, 2]``.
@@ -95,23 +112,25 @@ def patch_scores(desc: Tensor, topk_ratio: float = 0.001, block_rows: int = 4096
         z = _normalised(desc)
         b, hw, d = z.shape
         n = b * hw
-        k = neighbour_count(b, hw, topk_ratio)
+        excluded = _same_group(b, groups)
+        k = neighbour_count(b, hw, topk_ratio, max(len(e) for e in excluded))
         flat = z.reshape(n, d)
         out = torch.empty(n, dtype=z.dtype, device=z.device)
         for start in range(0, n, block_rows):
             stop = min(start + block_rows, n)
             sims = flat[start:stop] @ flat.T  # [rows, N]
-            # Exclude same-image pairs: the block's rows may span several images, one column band each.
+            # Exclude same-image (same-group) pairs: the block's rows may span several images.
             for img in range(start // hw, (stop - 1) // hw + 1):
                 r0, r1 = max(start, img * hw) - start, min(stop, (img + 1) * hw) - start
-                sims[r0:r1, img * hw : (img + 1) * hw] = float("-inf")
+                for other in excluded[img]:
+                    sims[r0:r1, other * hw : (other + 1) * hw] = float("-inf")
             out[start:stop] = 1.0 - torch.topk(sims, k, dim=1, largest=True, sorted=False).values.mean(dim=1)
             del sims
         return out.view(b, hw)
 
 
 @torch.no_grad()
-def full_patch_scores(desc: Tensor, topk_ratio: float = 0.001) -> Tensor:
+def full_patch_scores(desc: Tensor, topk_ratio: float = 0.001, groups: Tensor | None = None) -> Tensor:
     """Reference version of :func:`patch_scores` that builds the whole similarity matrix at once.
 
     Straightforward transcription of Algorithm 1 (with same-image pairs excluded, see the module docstring).
@@ -120,11 +139,15 @@ def full_patch_scores(desc: Tensor, topk_ratio: float = 0.001) -> Tensor:
     with autocast_disabled(desc.device):
         z = _normalised(desc)
         b, hw, d = z.shape
-        k = neighbour_count(b, hw, topk_ratio)
+        excluded = _same_group(b, groups)
+        k = neighbour_count(b, hw, topk_ratio, max(len(e) for e in excluded))
         flat = z.reshape(b * hw, d)
         sims = flat @ flat.T  # [N, N]
-        # View as [B, HW, B, HW]; the diagonal over the two image axes is the same-image blocks.
-        sims.view(b, hw, b, hw).diagonal(dim1=0, dim2=2).fill_(float("-inf"))
+        # View as [B, HW, B, HW] and blank every excluded pair of images.
+        blocks = sims.view(b, hw, b, hw)
+        for img, others in enumerate(excluded):
+            for other in others:
+                blocks[img, :, other, :] = float("-inf")
         scores = 1.0 - torch.topk(sims, k, dim=1, largest=True, sorted=False).values.mean(dim=1)
         return scores.view(b, hw)
 
@@ -152,6 +175,7 @@ def batch_anomaly_scores(
     patch_topk_ratio: float = 0.001,
     image_topk_ratio: float = 0.01,
     block_rows: int = 4096,
+    groups: Tensor | None = None,
 ) -> Tensor:
     """Image anomaly scores ``A = {a_i}`` ``[B]``: :func:`patch_scores`, then :func:`image_scores`.
 
@@ -160,5 +184,6 @@ def batch_anomaly_scores(
         patch_topk_ratio: Share of the batch's patches averaged per patch (paper: 0.1%).
         image_topk_ratio: Share of an image's patches averaged into its score (paper: 1%).
         block_rows: Row-block size of the similarity computation (memory bound, not a result setting).
+        groups: ``[B]`` group id per image (tiles of one image), see :func:`patch_scores`.
     """
-    return image_scores(patch_scores(desc, patch_topk_ratio, block_rows), image_topk_ratio)
+    return image_scores(patch_scores(desc, patch_topk_ratio, block_rows, groups), image_topk_ratio)

@@ -127,7 +127,7 @@ def resolve_source(
         calibration: Calibration to embed instead of the run's.
 
     Raises:
-        ValueError: when the config's crop is not the model's.
+        ValueError: when the config's crop is not the model's, or the run scores tiles.
     """
     if isinstance(source, DinomalyModel):
         if config is None:
@@ -145,6 +145,13 @@ def resolve_source(
     if src.config.data.crop != src.model.crop:
         raise ValueError(
             f"config crop {src.config.data.crop} does not match the model's crop {src.model.crop}"
+        )
+    if src.config.data.coverage == "tiles":
+        # The exported graph scores one model input; cutting tiles and stitching their maps is not part
+        # of it, and the torch-free predictors do not do it yet.
+        raise ValueError(
+            "this run scores images tile by tile (data.coverage = tiles); exporting tiled runs is not "
+            "supported yet: use `ssfilter predict` or `ssfilter serve`, which tile like evaluation does"
         )
     return src
 

@@ -4,7 +4,7 @@
 ``predict``, ``predict_files`` and ``calibrate`` delegate to it. It reads images with
 :func:`ssfilter.data.images.read_image` (unreadable files are skipped and listed), preprocesses them with
 the run's transform (:func:`~ssfilter.data.transforms.transform_for`), computes maps and scores with
-:func:`ssfilter.evaluation.evaluate.predict_maps` (the same code as ``evaluate``), and turns them into
+:func:`ssfilter.evaluation.scorers.scorer_for` (the same code as ``evaluate``), and turns them into
 decisions with the run's :class:`~ssfilter.inference.calibration.Calibration`.
 
 Expanding the user's inputs is :func:`ssfilter.inference.inputs.collect_inputs`; writing the output
@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, Sample
 from ssfilter.data.images import ImageReadError, Skipped, read_image, validate_images
-from ssfilter.data.transforms import build_mask_transform, transform_for
+from ssfilter.data.transforms import mask_transform_for, transform_for
 from ssfilter.errors import CalibrationError
-from ssfilter.evaluation.evaluate import predict_maps
+from ssfilter.evaluation.scorers import score_tensors, scorer_for
 from ssfilter.inference.calibration import Calibration
 from ssfilter.inference.calibration_rules import calibrate_from_labels, calibrate_unsupervised, map_extrema
 from ssfilter.inference.inputs import collect_inputs
@@ -63,6 +63,7 @@ class Predictor:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.transform = transform_for(cfg, model.encoder)
+        self.scorer = scorer_for(self.model, cfg)
         if threshold is not None:
             if calibration is None:
                 raise CalibrationError("a threshold override needs a calibration for the heat-map scale")
@@ -157,8 +158,7 @@ class Predictor:
         Args:
             images: Decoded images (as :func:`~ssfilter.data.images.read_image` returns), at least one.
         """
-        batch = torch.stack([self.transform(im) for im in images]).to(self.device)
-        maps, scores = predict_maps(self.model, batch, self.cfg.data.eval_size, amp=self.cfg.train.amp)
+        maps, scores = score_tensors(self.scorer, [self.transform(im) for im in images])
         return scores.float().cpu().numpy(), maps.float().cpu().numpy()
 
     def predict_raw(
@@ -371,7 +371,7 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Scores, labels, maps and (when every image has one) ground-truth masks of the readable samples.
 
-        Masks go through the image geometry (:func:`~ssfilter.data.transforms.build_mask_transform`),
+        Masks go through the image geometry (:func:`~ssfilter.data.transforms.mask_transform_for`),
         like in ``evaluate``.
 
         Raises:
@@ -381,20 +381,19 @@ class Predictor:
         keep = {str(p) for p in good}
         usable = [s for s in samples if s.path in keep]
         size = self.cfg.data.eval_size
-        dataset = AnomalyDataset(
-            usable, self.transform, build_mask_transform(self.cfg.data.resize, self.cfg.data.crop), size
-        )
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size or self.cfg.data.batch_size, shuffle=False, num_workers=0
-        )
+        dataset = AnomalyDataset(usable, self.transform, mask_transform_for(self.cfg), size)
+        step = max(1, int(batch_size or self.cfg.data.batch_size))
         scores, maps, masks, labels, has_mask = [], [], [], [], []
-        for batch in tqdm(loader, desc="calibrate", unit="batch", disable=not progress, leave=False):
-            m, s = predict_maps(self.model, batch["image"].to(self.device), size, amp=self.cfg.train.amp)
+        for start in tqdm(
+            range(0, len(dataset), step), desc="calibrate", unit="batch", disable=not progress, leave=False
+        ):
+            items = [dataset[i] for i in range(start, min(start + step, len(dataset)))]
+            m, s = score_tensors(self.scorer, [item["image"] for item in items])
             scores.append(s.float().cpu().numpy())
             maps.append(m.float().cpu().numpy())
-            masks.append(batch["mask"][:, 0].numpy() > 0.5)
-            labels.append(batch["label"].numpy())
-            has_mask.append(batch["has_mask"].numpy().astype(bool))
+            masks.append(np.stack([item["mask"][0].numpy() > 0.5 for item in items]))
+            labels.append(np.array([item["label"] for item in items]))
+            has_mask.append(np.array([item["has_mask"] for item in items], dtype=bool))
         if not scores:
             raise CalibrationError("no readable labelled image to calibrate from")
         all_masks = np.concatenate(masks) if np.concatenate(has_mask).all() else None

@@ -23,7 +23,7 @@ from ssfilter.data.datasets import AnomalyDataset, Sample
 from ssfilter.data.images import ImageReadError, Skipped, read_image, write_skipped_csv
 from ssfilter.data.transforms import transform_for
 from ssfilter.errors import RunExistsError
-from ssfilter.evaluation.evaluate import predict_maps
+from ssfilter.evaluation.scorers import score_tensors, scorer_for
 from ssfilter.filtering.clean_export import export_clean as export_clean_folder
 from ssfilter.filtering.clean_export import export_quarantine
 from ssfilter.filtering.contamination import contamination_entry
@@ -180,17 +180,16 @@ def suspect_heatmaps(
     suspects = sorted(suspects, key=lambda r: r.rank)[:limit]
     if not suspects:
         return {}
-    device = next(model.parameters()).device
     dataset = AnomalyDataset([Sample(r.path, r.label) for r in suspects], transform_for(cfg, model.encoder))
     was_training = model.training
-    model.eval()
+    scorer = scorer_for(model.eval(), cfg)
     maps = []
     try:
         for start in range(0, len(suspects), cfg.data.batch_size):
             batch = [
                 dataset[i]["image"] for i in range(start, min(start + cfg.data.batch_size, len(suspects)))
             ]
-            maps.append(predict_maps(model, torch.stack(batch).to(device), cfg.data.crop)[0].float().cpu())
+            maps.append(score_tensors(scorer, batch)[0].float().cpu())
     finally:
         model.train(was_training)
     all_maps = torch.cat(maps).numpy()

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, Sample
-from ssfilter.data.transforms import build_mask_transform, denormalize, transform_for
-from ssfilter.evaluation.evaluate import EvaluationResult, predict_maps
+from ssfilter.data.transforms import denormalize, mask_transform_for, transform_for
+from ssfilter.evaluation.evaluate import EvaluationResult
+from ssfilter.evaluation.scorers import Scorer, scorer_for
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.reporting.evaluate_page import EvaluateReport, ExampleGroup, ExampleImage, HeatmapScale
 
@@ -86,21 +87,17 @@ def select_examples(result: EvaluationResult, per_group: int = 4) -> list[tuple[
     ]
 
 
-def _example(
-    model: DinomalyModel, item: dict[str, Any], sample: Sample, size: int, device: torch.device, amp: bool
-) -> ExampleImage:
+def _example(scorer: Scorer, item: dict[str, Any], sample: Sample, size: int) -> ExampleImage:
     """One test image run through the model: its view, raw map and score at the evaluation ``size``.
 
     Args:
-        model: The evaluated model (in eval mode, on ``device``).
+        scorer: The evaluated model's scorer (the model in eval mode).
         item: The sample's :class:`~ssfilter.data.datasets.AnomalyDataset` item (``image``, ``mask``).
         sample: The test sample.
         size: Evaluation size (side of the map and of the shown image).
-        device: Where the model runs.
-        amp: Use mixed precision as in the evaluation.
     """
-    maps, scores = predict_maps(model, item["image"][None].to(device), size, amp=amp)
-    view = denormalize(item["image"], model.encoder.mean, model.encoder.std)
+    maps, scores = scorer(item["image"][None].to(scorer.device))
+    view = denormalize(item["image"], scorer.mean, scorer.std)
     view = F.interpolate(view[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
     pixels = (view.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
     mask = F.interpolate(item["mask"][None].float(), size=(size, size), mode="nearest")[0, 0] > 0.5
@@ -150,12 +147,13 @@ def build_evaluate_report(
     dataset = AnomalyDataset(
         [by_path[result.paths[i]] for i in wanted],
         transform,
-        build_mask_transform(cfg.data.resize, cfg.data.crop),
+        mask_transform_for(cfg),
     )
+    scorer = scorer_for(model, cfg)
     examples: dict[int, ExampleImage] = {}
     try:
         for k, i in enumerate(wanted):
-            examples[i] = _example(model, dataset[k], by_path[result.paths[i]], size, device, cfg.train.amp)
+            examples[i] = _example(scorer, dataset[k], by_path[result.paths[i]], size)
     finally:
         model.train(was_training)
     return EvaluateReport(

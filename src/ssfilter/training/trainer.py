@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ssfilter.config import Config
 from ssfilter.data.datasets import AnomalyDataset, Sample
-from ssfilter.data.transforms import transform_for
+from ssfilter.data.tile_dataset import TileDataset, dataset_groups, dataset_labels, training_dataset
 from ssfilter.models.dinomaly import DinomalyModel
 from ssfilter.models.feature_cache import FeatureCache
 from ssfilter.runfolder import LOG_FILE, MODEL_FILE, STATE_FILE
@@ -90,7 +90,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     method: TrainingMethod
-    dataset: AnomalyDataset
+    dataset: AnomalyDataset | TileDataset
     plan: BatchPlan
     lo: int  # this rank's slice [lo, hi) of every global batch
     hi: int
@@ -149,9 +149,6 @@ class Trainer:
         self.on_iteration = on_iteration
         self.device = resolve_device(cfg.train.device)
         self.cache_bytes = cache_bytes
-        # True labels are only read for the filter log's recall figures (noise-injected benchmarks);
-        # training itself never sees them.
-        self._labels = torch.tensor([s.label for s in self.samples], dtype=torch.long)
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train (or resume) and write weights, config, state and log into the run folder.
@@ -192,9 +189,12 @@ class Trainer:
         params = model.trainable_parameters()
         optimizer = StableAdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True)
         scheduler = build_scheduler(optimizer, cfg.train.iters, cfg.train.warmup_iters, cfg.train.final_lr)
-        method = method_cls(cfg, rank=rank, world=world, labels=self._labels)
-        transform = transform_for(cfg, model.encoder)
-        dataset = AnomalyDataset(self.samples, transform)
+        dataset = training_dataset(cfg, self.samples, model.encoder)
+        # True labels are only read for the filter log's recall figures (noise-injected benchmarks);
+        # training itself never sees them.
+        groups = dataset_groups(dataset)  # tiled runs only: a method without tiles need not know them
+        extra = {} if groups is None else {"groups": groups}
+        method = method_cls(cfg, rank=rank, world=world, labels=dataset_labels(dataset), **extra)
         plan = BatchPlan(len(dataset), cfg.data.batch_size, cfg.train.seed)
         if plan.batch_size < world:
             raise ValueError(

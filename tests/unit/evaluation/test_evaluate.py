@@ -8,7 +8,8 @@ from sklearn.metrics import roc_auc_score
 
 from ssfilter.config import DataConfig
 from ssfilter.data.datasets import mvtec_samples
-from ssfilter.evaluation.evaluate import BaselineScorer, evaluate
+from ssfilter.evaluation.evaluate import evaluate
+from ssfilter.evaluation.scorers import BaselineScorer
 
 
 class _RecordingScorer:

@@ -213,3 +213,27 @@ def test_no_autograd_graph() -> None:
     desc = _case(2, 4, 3, seed=16).clone().requires_grad_(True)
     assert not patch_scores(desc).requires_grad
     assert not batch_anomaly_scores(desc).requires_grad
+
+
+def test_groups_exclude_the_other_tiles_of_the_same_image() -> None:
+    # Tiles 0 and 1 come from one image and share an odd patch (their overlap); the others are plain.
+    torch.manual_seed(0)
+    desc = torch.randn(1, 8, 16).repeat(4, 1, 1) + 0.01 * torch.randn(4, 8, 16)
+    odd = torch.randn(16)
+    desc[0, 3] = odd
+    desc[1, 5] = odd
+    alone = patch_scores(desc, topk_ratio=0.0)
+    grouped = patch_scores(desc, topk_ratio=0.0, groups=torch.tensor([7, 7, 8, 9]))
+    assert float(alone[0, 3]) < 1e-5  # matched by its twin in the other tile
+    assert float(grouped[0, 3]) > 0.5  # compared with other images only: the odd patch stands out
+    assert torch.allclose(grouped, full_patch_scores(desc, topk_ratio=0.0, groups=torch.tensor([7, 7, 8, 9])))
+    for rows in (1, 5, 32):
+        blocked = patch_scores(desc, topk_ratio=0.1, block_rows=rows, groups=torch.tensor([7, 7, 8, 9]))
+        assert torch.allclose(blocked, full_patch_scores(desc, 0.1, torch.tensor([7, 7, 8, 9])), atol=1e-6)
+
+
+def test_groups_need_two_images() -> None:
+    with pytest.raises(ValueError, match="2 groups"):
+        patch_scores(torch.randn(3, 4, 8), groups=torch.tensor([1, 1, 1]))
+    with pytest.raises(ValueError, match="one id per image"):
+        patch_scores(torch.randn(3, 4, 8), groups=torch.tensor([1, 2]))

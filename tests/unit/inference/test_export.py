@@ -79,7 +79,7 @@ def test_metadata_round_trip_and_graph_interface(exported: tuple[Path, Path]) ->
 
 def test_graph_matches_torch_evaluation_path(exported: tuple[Path, Path], synthetic_mvtec: Path) -> None:
     """The exported graph = normalise + model + evaluation maps, i.e. what ``predict_maps`` computes."""
-    from ssfilter.evaluation.evaluate import predict_maps
+    from ssfilter.evaluation.scorers import predict_maps
 
     run, path = exported
     det = Detector.load(run, device="cpu")

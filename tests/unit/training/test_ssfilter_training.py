@@ -67,7 +67,7 @@ class _FixedFilter(BatchFilter):
         super().__init__(cfg, restoration, total_iters=10)
         self.synthetic = synthetic
 
-    def select(self, iteration, model, feats, images=None) -> BatchSelection:
+    def select(self, iteration, model, feats, images=None, *, groups=None) -> BatchSelection:
         b = feats.batch_size
         decision = synergy_select(
             torch.arange(b, dtype=torch.float32), None, iteration=0, use_uncertainty=False

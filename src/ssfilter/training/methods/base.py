@@ -115,16 +115,26 @@ class TrainingMethod(ABC):
         rank: This process's rank.
         world: Number of processes.
         labels: True labels of the training samples (-1 unknown), for logs only: training never sees them.
+        groups: Image index of every training sample when the samples are tiles (tiled runs), else None.
     """
 
     name: ClassVar[str] = ""
     needs_images: ClassVar[bool] = False
     log_files: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, cfg: Config, *, rank: int = 0, world: int = 1, labels: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        labels: Tensor | None = None,
+        groups: Tensor | None = None,
+    ) -> None:
         self.cfg = cfg
         self.rank, self.world = rank, world
         self.labels = labels
+        self.groups = groups
 
     @abstractmethod
     def step(self, batch: StepBatch, net: StepModel) -> Tensor:

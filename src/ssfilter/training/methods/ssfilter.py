@@ -51,6 +51,7 @@ class SSFilterMethod(TrainingMethod):
         rank: This process's rank.
         world: Number of processes.
         labels: True labels of the training samples (-1 unknown), only for the filter log's recall figures.
+        groups: Image index of every sample when the samples are tiles (tiled runs), else None.
         batch_filter: The in-batch filter to use (default: one built from ``cfg``, with this rank's
             synthesis seed).
 
@@ -69,9 +70,10 @@ class SSFilterMethod(TrainingMethod):
         rank: int = 0,
         world: int = 1,
         labels: Tensor | None = None,
+        groups: Tensor | None = None,
         batch_filter: BatchFilter | None = None,
     ) -> None:
-        super().__init__(cfg, rank=rank, world=world, labels=labels)
+        super().__init__(cfg, rank=rank, world=world, labels=labels, groups=groups)
         if batch_filter is None:
             seed = synthesis_seed(cfg.train.seed, rank)
             batch_filter = BatchFilter(cfg.batch_filter, cfg.restoration, cfg.train.iters, seed=seed)
@@ -95,7 +97,10 @@ class SSFilterMethod(TrainingMethod):
         if images is None:
             raise ValueError("the ssfilter method needs the batch's images")
         model, it = net.model, batch.iteration
-        sel = self.batch_filter.select(it, model, batch.feats, images)
+        groups = None
+        if self.groups is not None:
+            groups = self.groups[torch.as_tensor(list(batch.indices), dtype=torch.long)]
+        sel = self.batch_filter.select(it, model, batch.feats, images, groups=groups)
         keep_host = sel.decision.keep.cpu()
         kept_host = torch.nonzero(keep_host).flatten()
         kept = kept_host.to(images.device)

@@ -1,0 +1,113 @@
+"""Tiling at native resolution: a tiny defect on a high-resolution part is found by tiles, not by resizing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssfilter.api import Detector
+from ssfilter.config import load_config
+
+WIDTH, HEIGHT = 384, 256  # a non-square part; the model input is 64 x 64
+DOT = 3  # side of the defect in pixels: 0.01% of the image, half a pixel once squashed to 64 x 64
+
+
+def _texture(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    xx = np.mgrid[:HEIGHT, :WIDTH][1]
+    img = np.full((HEIGHT, WIDTH, 3), 120.0)
+    img += 25 * np.sin(xx / 3.0 + rng.uniform(0, 6))[..., None]
+    return img + rng.normal(0, 6, img.shape)
+
+
+def _save(img: np.ndarray, path: Path) -> None:
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], list[Path]]:
+    """A folder of 12 good parts; 4 good test parts and 4 with a small red dot somewhere inside."""
+    root = tmp_path_factory.mktemp("tiling")
+    folder = root / "parts"
+    folder.mkdir()
+    for i in range(12):
+        _save(_texture(i), folder / f"{i:02d}.png")
+    good, bad = [], []
+    rng = np.random.default_rng(7)
+    for i in range(4):
+        good.append(root / f"good{i}.png")
+        _save(_texture(100 + i), good[-1])
+        img = _texture(200 + i)
+        y, x = int(rng.integers(20, HEIGHT - 20)), int(rng.integers(20, WIDTH - 20))
+        img[y : y + DOT, x : x + DOT] = (255, 20, 20)
+        bad.append(root / f"bad{i}.png")
+        _save(img, bad[-1])
+    return folder, good, bad
+
+
+def _fit(cfg, folder: Path, run: Path, coverage: str, iters: int = 20) -> Detector:
+    cfg.data.crop = 64
+    cfg.data.coverage = coverage
+    cfg.model.random_init = True
+    cfg.train.iters, cfg.train.method = iters, "dinomaly"
+    cfg.calibration.after_training = False
+    return Detector(cfg).fit(folder, run, progress=False)
+
+
+def test_tiles_find_a_tiny_defect_on_a_large_part(tmp_path: Path, parts, tiny_config) -> None:
+    folder, good, bad = parts
+    det = _fit(tiny_config, folder, tmp_path / "run", "tiles")
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert (saved.data.coverage, saved.data.tile_scale, saved.data.crop) == ("tiles", 1.0, 64)
+    scores, maps = det.predict([*good, *bad])
+    assert scores[4:].min() > scores[:4].max(), scores
+    assert maps.shape[1:] == (saved.data.eval_size, saved.data.eval_size)
+
+
+def test_resizing_the_whole_part_misses_it(tmp_path: Path, parts, tiny_config) -> None:
+    folder, good, bad = parts
+    det = _fit(tiny_config, folder, tmp_path / "run", "whole")
+    scores, _ = det.predict([*good, *bad])
+    # Squashed to half a pixel: at most half of the defective parts stand out (tiles: all of them).
+    assert int((scores[4:] > scores[:4].max()).sum()) <= 2, scores
+
+
+def test_tiled_run_refuses_export_with_a_reason(tmp_path: Path, parts, tiny_config) -> None:
+    from ssfilter.inference.export import resolve_source
+    from ssfilter.inference.run import load_run_folder
+
+    folder, _, _ = parts
+    _fit(tiny_config, folder, tmp_path / "run", "tiles", iters=2)
+    with pytest.raises(ValueError, match="tile by tile"):
+        resolve_source(load_run_folder(tmp_path / "run", "cpu", calibration="skip"), None, None)
+
+
+def test_tiled_ssfilter_run_trains_evaluates_and_filters_per_image(tmp_path: Path, tiny_config) -> None:
+    import csv
+    import json
+
+    from ssfilter.data.synthetic import make_synthetic_category
+
+    root = make_synthetic_category(
+        tmp_path / "widget", n_train_good=10, n_test_good=3, n_test_defect=6, size=128, seed=1
+    )
+    tiny_config.data.coverage = "tiles"
+    tiny_config.model.random_init = True
+    tiny_config.train.method = "ssfilter"
+    tiny_config.calibration.after_training = False
+    det = Detector(tiny_config).fit(root, tmp_path / "run", progress=False, noise=0.2, overlap=True)
+    run = tmp_path / "run"
+    with open(run / "filter_log.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 and all(r["anomalies"] != "" for r in rows)  # tile labels known from masks
+    n_train = len(json.loads((run / "noise_split.json").read_text())["train"])
+    result = det.evaluate(progress=False, report=tmp_path / "report")
+    assert result["n_test"] >= 6 and result["metrics"]["P-AUROC"] is not None
+    assert (tmp_path / "report" / "report.html").is_file()
+    summary = det.filter(out=tmp_path / "filter", epochs=2, min_keep=0, decision="outlier", dry_run=True)
+    with open(tmp_path / "filter" / "filter.csv", encoding="utf-8") as fh:
+        assert len(list(csv.DictReader(fh))) == n_train  # one verdict per image
+    assert summary["n"] == n_train and summary["labels_known"]
