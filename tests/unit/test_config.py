@@ -201,3 +201,41 @@ def test_resolve_coverage() -> None:
         resolve_coverage(cfg, "whole")
     with pytest.raises(ValueError, match="default coverage must be 'crop' or 'whole'"):
         resolve_coverage(get_preset("cpu-fast"), "auto")
+
+
+def test_tiles_coverage_is_kept_and_checked() -> None:
+    from ssfilter.coverage import resolve_coverage
+
+    cfg = get_preset("cpu-fast")
+    cfg.data.coverage = "tiles"
+    tiles = resolve_coverage(cfg, "crop")
+    assert (tiles.data.coverage, tiles.data.tile_scale, tiles.data.tile_overlap) == ("tiles", 1.0, 0.25)
+    cfg.data.tile_overlap = 1.0
+    with pytest.raises(ValueError, match="tile_overlap"):
+        resolve_coverage(cfg, "crop")
+    cfg.data.tile_overlap, cfg.data.tile_scale = 0.25, 0.0
+    with pytest.raises(ValueError, match="tile_scale"):
+        resolve_coverage(cfg, "crop")
+
+
+def test_cli_coverage_and_tile_scale_flags() -> None:
+    from ssfilter.cli.commands import config_from_args
+    from ssfilter.cli.parser import build_parser
+
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--data",
+            "x",
+            "--out",
+            "y",
+            "--preset",
+            "cpu-fast",
+            "--coverage",
+            "tiles",
+            "--tile-scale",
+            "0.5",
+        ]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.data.coverage, cfg.data.tile_scale) == ("tiles", 0.5)

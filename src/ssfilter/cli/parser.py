@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ssfilter.config import PRESETS
+from ssfilter.coverage import COVERAGES
 from ssfilter.inference.backends import BACKENDS
 from ssfilter.inference.formats import export_format_names, get_export_format
 from ssfilter.training.methods import list_methods
@@ -51,6 +52,20 @@ def add_config_options(p: argparse.ArgumentParser, *, train: bool) -> None:
         g.add_argument("--batch-size", type=int, default=None, help="training batch size")
         g.add_argument("--seed", type=int, default=None, help="random seed")
         g.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+        g.add_argument(
+            "--coverage",
+            choices=COVERAGES,
+            default=None,
+            help="auto (default: whole for a plain folder, the centre crop for benchmark formats), crop, "
+            "whole, or tiles: score overlapping tiles at native resolution (tiny defects on large parts)",
+        )
+        g.add_argument(
+            "--tile-scale",
+            type=float,
+            default=None,
+            metavar="S",
+            help="with --coverage tiles: resize factor before tiling (default 1.0 = native resolution)",
+        )
 
 
 def add_data_format_options(p: argparse.ArgumentParser, *, categories: bool) -> None:
