@@ -121,3 +121,22 @@ def test_map_upsampling_switch_changes_only_inside_the_block() -> None:
     assert torch.allclose(inside[0, 0, 0, 0], grid[0, 0, 0, 0]) and torch.allclose(
         inside[0, 0, -1, -1], grid[0, 0, -1, -1]
     )
+
+
+def test_tiling_benchmark_counts_tiles_and_times_them(tmp_path: Path, capsys) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.bench_tiling import main as bench_main
+
+    for i in range(2):
+        Image.fromarray(np.full((64, 160, 3), 90 + i, np.uint8)).save(tmp_path / f"{i}.png")
+    args = ["--data", str(tmp_path), "--scales", "1.0", "0.01", "--images", "2", "--repeats", "1"]
+    assert bench_main([*args, "--crop", "64"]) == 0
+    out = json.loads(capsys.readouterr().out)["variants"]
+    assert out["whole"]["tiles"] == 1 and out["whole"]["size"] == [64, 64]
+    assert out["tiles@1"]["tiles"] == 3 and out["tiles@1"]["size"] == [160, 64]
+    assert out["tiles@0.01"]["size"] == [160, 64]  # the short side is already one tile
+    assert out["tiles@1"]["seconds_per_image"] > 0 and out["tiles@1"]["ratio_to_whole"] > 0
