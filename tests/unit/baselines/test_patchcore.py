@@ -336,3 +336,15 @@ def test_evaluate_patchcore_metrics(
     assert result["metrics"]["I-AUROC"] is not None and result["metrics"]["P-AUPRO"] is not None
     assert [im["label"] for im in result["images"]] == [s.label for s in samples]
     json.dumps(result)  # the evaluate JSON contract is serialisable
+
+
+def test_patchcore_fits_and_scores_tiles(synthetic_mvtec: Path, vit: Encoder, data_cfg: DataConfig) -> None:
+    # The 64-px synthetic images in 32-px tiles: 3 x 3 per image; the bank holds every tile's patches.
+    tiles_cfg = DataConfig(**{**data_cfg.__dict__, "coverage": "tiles", "resize": CROP})
+    train = mvtec_samples(synthetic_mvtec, "train")
+    cfg = PatchCoreConfig(coreset_ratio=1.0, local_pool=3)
+    plain = fit_patchcore(train, vit, data_cfg, cfg, progress=False)
+    tiled = fit_patchcore(train, vit, tiles_cfg, cfg, progress=False)
+    assert tiled.memory_bank.shape[0] > 2 * plain.memory_bank.shape[0]
+    result = evaluate_baseline(tiled, mvtec_samples(synthetic_mvtec, "test"), tiles_cfg).to_json()
+    assert result["n_test"] == 9 and result["metrics"]["I-AUROC"] is not None
