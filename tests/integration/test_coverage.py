@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ssfilter.api import Detector
 from ssfilter.config import load_config
@@ -14,35 +13,14 @@ from ssfilter.config import load_config
 SIDE = 80  # images; the preset crop is 64, so the centre crop would cut 8 px (10%) off every border
 
 
-def _texture(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    xx = np.mgrid[:SIDE, :SIDE][1]
-    img = np.full((SIDE, SIDE, 3), 120.0)
-    img += 25 * np.sin(xx / 3.0 + rng.uniform(0, 6))[..., None]
-    return img + rng.normal(0, 6, img.shape)
-
-
-def _save(img: np.ndarray, path: Path) -> None:
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+def _scratch(img: np.ndarray, index: int) -> None:
+    img[2:8, 30:40] = (255, 20, 20)  # inside the outer 10%: outside any centre crop of 64/80
 
 
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], list[Path]]:
+def parts(tmp_path_factory: pytest.TempPathFactory, make_parts) -> tuple[Path, list[Path], list[Path]]:
     """A plain folder of 16 good textures; 4 good test images and 4 with a red scratch in the top border."""
-    root = tmp_path_factory.mktemp("coverage")
-    folder = root / "parts"
-    folder.mkdir()
-    for i in range(16):
-        _save(_texture(i), folder / f"{i:02d}.png")
-    good, bad = [], []
-    for i in range(4):
-        good.append(root / f"good{i}.png")
-        _save(_texture(100 + i), good[-1])
-        img = _texture(200 + i)
-        img[2:8, 30:40] = (255, 20, 20)  # inside the outer 10%: outside any centre crop of 64/80
-        bad.append(root / f"bad{i}.png")
-        _save(img, bad[-1])
-    return folder, good, bad
+    return make_parts(tmp_path_factory.mktemp("coverage"), 16, SIDE, SIDE, _scratch)
 
 
 def _fit(cfg, folder: Path, run: Path, coverage: str) -> Detector:

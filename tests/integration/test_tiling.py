@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ssfilter.api import Detector
 from ssfilter.config import load_config
@@ -15,37 +14,23 @@ WIDTH, HEIGHT = 384, 256  # a non-square part; the model input is 64 x 64
 DOT = 3  # side of the defect in pixels: 0.01% of the image, half a pixel once squashed to 64 x 64
 
 
-def _texture(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    xx = np.mgrid[:HEIGHT, :WIDTH][1]
-    img = np.full((HEIGHT, WIDTH, 3), 120.0)
-    img += 25 * np.sin(xx / 3.0 + rng.uniform(0, 6))[..., None]
-    return img + rng.normal(0, 6, img.shape)
+def _dot_positions() -> list[tuple[int, int]]:
+    rng = np.random.default_rng(7)
+    return [(int(rng.integers(20, HEIGHT - 20)), int(rng.integers(20, WIDTH - 20))) for _ in range(4)]
 
 
-def _save(img: np.ndarray, path: Path) -> None:
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+DOTS = _dot_positions()  # where the four defective parts carry their dot
+
+
+def _dot(img: np.ndarray, index: int) -> None:
+    y, x = DOTS[index]
+    img[y : y + DOT, x : x + DOT] = (255, 20, 20)
 
 
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], list[Path]]:
+def parts(tmp_path_factory: pytest.TempPathFactory, make_parts) -> tuple[Path, list[Path], list[Path]]:
     """A folder of 12 good parts; 4 good test parts and 4 with a small red dot somewhere inside."""
-    root = tmp_path_factory.mktemp("tiling")
-    folder = root / "parts"
-    folder.mkdir()
-    for i in range(12):
-        _save(_texture(i), folder / f"{i:02d}.png")
-    good, bad = [], []
-    rng = np.random.default_rng(7)
-    for i in range(4):
-        good.append(root / f"good{i}.png")
-        _save(_texture(100 + i), good[-1])
-        img = _texture(200 + i)
-        y, x = int(rng.integers(20, HEIGHT - 20)), int(rng.integers(20, WIDTH - 20))
-        img[y : y + DOT, x : x + DOT] = (255, 20, 20)
-        bad.append(root / f"bad{i}.png")
-        _save(img, bad[-1])
-    return folder, good, bad
+    return make_parts(tmp_path_factory.mktemp("tiling"), 12, HEIGHT, WIDTH, _dot)
 
 
 def _fit(cfg, folder: Path, run: Path, coverage: str, iters: int = 20) -> Detector:
