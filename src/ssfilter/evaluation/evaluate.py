@@ -67,8 +67,10 @@ def evaluate(
 
     Images are preprocessed like the training images with the scorer's normalisation. Masks follow the
     image through the same resize and crop, are binarised with ``> 0`` at crop size, then brought to
-    ``eval_size`` with nearest-neighbour sampling so they stay binary. Pixel metrics are undefined when
-    an anomalous image lacks a mask.
+    ``eval_size`` with nearest-neighbour sampling so they stay binary. Tiled runs score one whole image at a
+    time and compare over the whole image: their masks go straight to ``eval_size``
+    (:func:`~ssfilter.data.transforms.mask_transform_for`). Pixel metrics are undefined when an anomalous
+    image lacks a mask.
 
     Args:
         scorer: Maps and scores of image batches.
