@@ -62,6 +62,15 @@ class TileDataset(Dataset[dict[str, Any]]):
             labels.extend(self._tile_labels(sample, grid, (width, height)))
         self.groups = torch.tensor([i for i, _ in self.items], dtype=torch.long)
         self.labels = torch.tensor(labels, dtype=torch.long)
+        # The last image decoded and scaled: tiles read in order (the feature cache's warm-up, the
+        # dataset filter) decode each image once instead of once per tile.
+        self._last: tuple[int, torch.Tensor] | None = None
+
+    def _scaled(self, image_index: int) -> torch.Tensor:
+        """The scaled, normalised image ``[3, H, W]`` (kept until another image is asked for)."""
+        if self._last is None or self._last[0] != image_index:
+            self._last = (image_index, self.transform(read_image(self.samples[image_index].path)))
+        return self._last[1]
 
     @staticmethod
     def _tile_labels(sample: Sample, grid: TileGrid, size: tuple[int, int]) -> list[int]:
@@ -80,7 +89,7 @@ class TileDataset(Dataset[dict[str, Any]]):
         image_index, tile = self.items[index]
         sample = self.samples[image_index]
         grid = self.grids[image_index]
-        full = self.transform(read_image(sample.path))
+        full = self._scaled(image_index)
         top, left = grid.boxes[tile]
         t = grid.tile
         return {

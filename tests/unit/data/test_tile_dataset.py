@@ -61,3 +61,16 @@ def test_training_dataset_follows_the_coverage(tmp_path: Path) -> None:
     tiled = training_dataset(cfg, [Sample(str(path), LABEL_NORMAL)] * 2, Enc())
     assert isinstance(tiled, TileDataset) and len(tiled) == 18
     assert torch.equal(dataset_groups(tiled), torch.arange(2).repeat_interleave(9))
+
+
+def test_tiles_of_one_image_decode_it_once(tmp_path: Path, monkeypatch) -> None:
+    import ssfilter.data.tile_dataset as module
+
+    path = _image(tmp_path / "a.png", 160, 64)
+    ds = TileDataset([Sample(str(path), LABEL_NORMAL)] * 2, ScaledTransform(1.0, 64), 0.25)
+    reads: list[str] = []
+    real = module.read_image
+    monkeypatch.setattr(module, "read_image", lambda p: reads.append(str(p)) or real(p))
+    tiles = [ds[i]["image"] for i in range(len(ds))]
+    assert len(reads) == 2  # two images of three tiles each
+    assert torch.equal(tiles[0], tiles[3])  # the same file twice: the same first tile
