@@ -48,6 +48,7 @@ __all__ = [
     "ImageReadError",
     "Skipped",
     "decode_image",
+    "image_size",
     "pixel_limit",
     "read_image",
     "read_mask",
@@ -276,6 +277,26 @@ def read_image(path: str | os.PathLike[str]) -> Image.Image:
     """
     file = Path(path)
     return _to_rgb(_open_fully(file), file)
+
+
+#: EXIF orientations that turn the image by 90 or 270 degrees (width and height swap).
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`read_image` returns it, from the file header only.
+
+    The EXIF orientation is honoured (a 90/270-degree turn swaps the sides), so the size matches the
+    decoded image without decoding its pixels (for files :func:`validate_images` already checked); a file
+    whose header cannot be read is handed to :func:`read_image`, which raises :class:`ImageReadError`.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112)
+    except Exception:  # anything unusual: let the full reader decide (and explain)
+        return read_image(path).size
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
 
 
 def decode_image(data: bytes, name: str = "<upload>") -> Image.Image:

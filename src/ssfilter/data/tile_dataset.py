@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ssfilter.config import Config, DataConfig
 from ssfilter.data.datasets import LABEL_ANOMALOUS, AnomalyDataset, Sample
-from ssfilter.data.images import read_image, read_mask
+from ssfilter.data.images import image_size, read_image, read_mask
 from ssfilter.data.tiling import TileGrid
 from ssfilter.data.transforms import Normalization, ScaledTransform, transform_for
 
@@ -54,7 +54,7 @@ class TileDataset(Dataset[dict[str, Any]]):
         self.items: list[tuple[int, int]] = []
         labels: list[int] = []
         for i, sample in enumerate(self.samples):
-            width, height = read_image(sample.path).size
+            width, height = image_size(sample.path)
             scaled_w, scaled_h = transform.size_of(width, height)
             grid = TileGrid(scaled_h, scaled_w, transform.tile, overlap)
             self.grids.append(grid)

@@ -8,7 +8,7 @@ the whole image (:func:`stitch`).
 
 Geometry only (pure Python and torch): the dataset that yields tiles is
 :class:`ssfilter.data.tile_dataset.TileDataset`, the scorer that stitches maps is
-:class:`ssfilter.evaluation.tiled.TiledScorer`.
+:class:`ssfilter.evaluation.scorers.TiledScorer`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from ssfilter.data.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
     Skipped,
+    image_size,
     read_image,
     read_mask,
     scan_images,
@@ -161,6 +162,23 @@ def test_palette_with_transparency_no_warning(tmp_path: Path) -> None:
 def test_cmyk_converted(bad_images_dir: Path) -> None:
     pixel = _rgb(bad_images_dir / "cmyk.jpg")[8, 8].astype(int)
     assert abs(pixel[0] - 255) <= 6 and pixel[1] <= 6 and abs(pixel[2] - 255) <= 6
+
+
+@pytest.mark.parametrize("name", READABLE)
+def test_image_size_from_header_matches_the_decoded_image(bad_images_dir: Path, name: str) -> None:
+    # exif_rotated.jpg is stored 40 x 20 and turned by its EXIF tag: the header size must swap too.
+    assert image_size(bad_images_dir / name) == read_image(bad_images_dir / name).size
+
+
+@pytest.mark.parametrize("name", ["empty.png", "not_an_image.jpg"])
+def test_image_size_of_a_headerless_file_raises_the_readers_error(bad_images_dir: Path, name: str) -> None:
+    with pytest.raises(ImageReadError, match=BROKEN[name]):
+        image_size(bad_images_dir / name)
+
+
+def test_image_size_reads_no_pixels(bad_images_dir: Path) -> None:
+    # A truncated JPEG has a whole header: its size is known, its pixels are validate_images' business.
+    assert image_size(bad_images_dir / "truncated.jpg") == Image.open(bad_images_dir / "truncated.jpg").size
 
 
 def test_exif_orientation_applied(bad_images_dir: Path) -> None:
