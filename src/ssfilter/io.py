@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import tempfile
@@ -10,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "atomic_writer"]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "atomic_writer", "read_csv_rows"]
 
 
 @contextlib.contextmanager
@@ -53,3 +54,9 @@ def atomic_write_json(
 ) -> None:
     """Write ``obj`` as indented JSON atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, default=default) + "\n")
+
+
+def read_csv_rows(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header line (the logs and lists ssfilter writes), as dicts of strings."""
+    with Path(path).open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))

@@ -34,6 +34,7 @@ from ssfilter.config import Config, save_config
 from ssfilter.data.datasets import AnomalyDataset, discover
 from ssfilter.data.transforms import build_image_transform
 from ssfilter.filtering.batch_filter import BatchFilter
+from ssfilter.io import read_csv_rows
 from ssfilter.runfolder import FILTER_LOG_FILE, FILTER_RANKS_LOG_FILE, LOG_FILE, MODEL_FILE, STATE_FILE
 from ssfilter.runtime.distributed import shard_bounds
 from ssfilter.training.checkpoint import build_model, load_model, load_train_state
@@ -72,11 +73,6 @@ def _torchrun(*args: str, timeout: float = 300) -> None:
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 def _prepare(cfg: Config, tmp_path: Path, method: str) -> Path:
     cfg.train.method = method
     cfg.model.random_init = True  # recorded in config.yaml: the CLI rebuilds the same tiny random ViT
@@ -108,7 +104,7 @@ def test_ddp_dinomaly_equals_single_process(tmp_path: Path, synthetic_mvtec: Pat
     trained = load_file(str(ddp / MODEL_FILE))
     assert max(float((trained[k] - v).abs().max()) for k, v in init.items()) > 1e-3
     # The log holds the loss of the global batch, equal to the single process's.
-    ddp_rows, single_rows = _rows(ddp / LOG_FILE), _rows(single / LOG_FILE)
+    ddp_rows, single_rows = read_csv_rows(ddp / LOG_FILE), read_csv_rows(single / LOG_FILE)
     assert [int(r["iteration"]) for r in ddp_rows] == list(range(1, 7))
     for a, b in zip(ddp_rows, single_rows, strict=True):
         assert int(a["batch"]) == int(b["batch"]) == 4
@@ -188,8 +184,8 @@ def test_ddp_ssfilter_per_rank_filter_resume_and_sharded_dataset_filter(
 
     # Resume: every rank restarts from the one checkpoint and the result equals the uninterrupted run.
     _assert_same_weights(full, cut, atol=1e-6)
-    assert _rows(full / FILTER_LOG_FILE) == _rows(cut / FILTER_LOG_FILE)
-    assert _rows(full / FILTER_RANKS_LOG_FILE) == _rows(cut / FILTER_RANKS_LOG_FILE)
+    assert read_csv_rows(full / FILTER_LOG_FILE) == read_csv_rows(cut / FILTER_LOG_FILE)
+    assert read_csv_rows(full / FILTER_RANKS_LOG_FILE) == read_csv_rows(cut / FILTER_RANKS_LOG_FILE)
     state = load_train_state(full / STATE_FILE)
     assert state["world_size"] == WORLD and len(state["filter_ranks"]) == WORLD
     generators = [s["generator"] for s in state["filter_ranks"]]
@@ -197,7 +193,7 @@ def test_ddp_ssfilter_per_rank_filter_resume_and_sharded_dataset_filter(
     load_model(full)
 
     # The run's filter log sums the ranks' rows; each rank filtered its own half of the global batch.
-    merged, per_rank = _rows(full / FILTER_LOG_FILE), _rows(full / FILTER_RANKS_LOG_FILE)
+    merged, per_rank = read_csv_rows(full / FILTER_LOG_FILE), read_csv_rows(full / FILTER_RANKS_LOG_FILE)
     assert [int(r["iteration"]) for r in merged] == list(range(1, 7))
     assert len(per_rank) == WORLD * 6
     for row in merged:

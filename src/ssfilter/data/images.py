@@ -5,7 +5,9 @@ annotation tools, CMYK JPEGs from a print workflow, phone photos with an EXIF ro
 files.
 This module turns all of them into one thing, an 8-bit RGB :class:`PIL.Image.Image`, or one exception,
 :class:`ImageReadError`, so that callers can skip bad files (see :func:`validate_images`) and list them in a
-``skipped.csv`` instead of crashing half-way through a training run.
+``skipped.csv`` instead of crashing half-way through a training run. One job, reading image files
+robustly (decoding, sizes, masks, scanning and validating a folder, listing what was skipped), hence the
+length.
 
 Decisions (applied by :func:`read_image`):
 

@@ -20,7 +20,6 @@ checkpoint and reuses a finished dataset-level filter instead of starting over.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +32,7 @@ from ssfilter.data.datasets import Sample
 from ssfilter.data.formats import Category, resolve_category
 from ssfilter.data.noise_protocols import RefineFunction
 from ssfilter.errors import RunExistsError
-from ssfilter.io import atomic_write_json, atomic_write_text
+from ssfilter.io import atomic_write_json, atomic_write_text, read_csv_rows
 from ssfilter.pipelines.methods import (
     FILTER_SUFFIX,
     MethodContext,
@@ -229,8 +228,7 @@ def _filter(
     csv_path, json_path = out / FILTER_CSV, out / FILTER_JSON
     if resume and csv_path.is_file() and json_path.is_file():
         # Both files are written atomically, so existing ones are a finished filter of this split.
-        with csv_path.open(encoding="utf-8", newline="") as fh:
-            decisions = {row["path"]: row["decision"] for row in csv.DictReader(fh)}
+        decisions = {row["path"]: row["decision"] for row in read_csv_rows(csv_path)}
         if set(decisions) == {s.path for s in train}:
             summary = json.loads(json_path.read_text(encoding="utf-8"))
             normal = {p for p, d in decisions.items() if d == "normal"}

@@ -10,10 +10,11 @@ of those anomalies that were discarded; the normal discard rate is the price pai
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
+
+from ssfilter.io import read_csv_rows
 
 __all__ = ["FILTER_FIELDS", "FILTER_RANK_FIELDS", "merge_filter_rows", "summarize_filter_log"]
 
@@ -77,8 +78,7 @@ def summarize_filter_log(path: str | Path, from_fraction: float = 0.5) -> dict[s
         (``cold``, ``regular``, in order of appearance), so the cold start can be judged on its own.
         Label-based figures are None when labels were unknown.
     """
-    with Path(path).open(encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_csv_rows(path)
     if not rows:
         raise ValueError(f"{path} has no rows")
     last = max(int(r["iteration"]) for r in rows)

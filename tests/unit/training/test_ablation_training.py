@@ -5,7 +5,6 @@ Synthesis methods (Table 5), material counts (Table 9), descriptor layers (Table
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,9 @@ from safetensors.torch import load_file
 
 from ssfilter.config import Config, load_config, save_config
 from ssfilter.data.datasets import discover
+from ssfilter.io import read_csv_rows
 from ssfilter.runfolder import FILTER_LOG_FILE, MODEL_FILE
 from ssfilter.training.trainer import Trainer
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 @pytest.mark.parametrize("synthesis", ["ours", "cutpaste", "draem"])
@@ -29,8 +24,8 @@ def test_training_with_each_synthesis_method(
 ) -> None:
     ssf_config.restoration.synthesis = synthesis
     Trainer(ssf_config, discover(synthetic_mvtec, "train"), tmp_path / "run", progress=False).fit()
-    rows = _rows(tmp_path / "run" / FILTER_LOG_FILE)
-    losses = [float(r["loss"]) for r in _rows(tmp_path / "run" / "train_log.csv")]
+    rows = read_csv_rows(tmp_path / "run" / FILTER_LOG_FILE)
+    losses = [float(r["loss"]) for r in read_csv_rows(tmp_path / "run" / "train_log.csv")]
     assert all(torch.isfinite(torch.tensor(losses)))
     synthetic = [int(r["synthetic"]) for r in rows]
     if synthesis == "ours":  # one per extracted material of the batch
@@ -58,7 +53,7 @@ def test_material_count_and_descriptor_settings_train(
     ssf_config.batch_filter.descriptor_layers = [3]
     ssf_config.batch_filter.descriptor_mean_layers = [0, 2, 4]
     Trainer(ssf_config, discover(synthetic_mvtec, "train"), tmp_path / "run", progress=False).fit()
-    assert any(int(r["synthetic"]) for r in _rows(tmp_path / "run" / FILTER_LOG_FILE))
+    assert any(int(r["synthetic"]) for r in read_csv_rows(tmp_path / "run" / FILTER_LOG_FILE))
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.restoration.material_count == "rand:1:3"
     assert saved.batch_filter.descriptor_mean_layers == [0, 2, 4]

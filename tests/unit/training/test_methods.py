@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from safetensors.torch import load_file
 from ssfilter.cli import METHODS, build_parser
 from ssfilter.data.datasets import discover
 from ssfilter.errors import SSFilterError
+from ssfilter.io import read_csv_rows
 from ssfilter.runfolder import FILTER_LOG_FILE, LOG_FILE, MODEL_FILE, STATE_FILE
 from ssfilter.training.checkpoint import build_model, load_train_state
 from ssfilter.training.losses import hard_cosine_loss
@@ -71,11 +71,6 @@ def toy() -> Iterator[type[_ToyMethod]]:
     unregister_method(TOY)
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 def test_a_registered_method_trains_checkpoints_and_resumes_through_the_trainer(
     tmp_path: Path, synthetic_mvtec: Path, tiny_config, toy: type[_ToyMethod]
 ) -> None:
@@ -105,7 +100,7 @@ def test_a_registered_method_trains_checkpoints_and_resumes_through_the_trainer(
     assert iteration == 2 and int(saved.state["steps"]) == 2
     assert [s[0] for s in second.seen] == [2, 3]
     assert int(load_train_state(run / STATE_FILE)["filter"]["steps"]) == 4
-    assert [int(r["iteration"]) for r in _rows(run / LOG_FILE)] == [1, 2, 3, 4]
+    assert [int(r["iteration"]) for r in read_csv_rows(run / LOG_FILE)] == [1, 2, 3, 4]
 
 
 def test_unknown_method_error_lists_the_known_ones(

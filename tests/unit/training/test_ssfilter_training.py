@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from safetensors.torch import load_file
 from ssfilter.data.datasets import discover
 from ssfilter.filtering.batch_filter import BatchFilter, BatchSelection, Synthesis
 from ssfilter.filtering.synergy import synergy_select
+from ssfilter.io import read_csv_rows
 from ssfilter.runfolder import FILTER_LOG_FILE, MODEL_FILE
 from ssfilter.training.checkpoint import build_model
 from ssfilter.training.filter_log import FILTER_FIELDS
@@ -20,14 +20,9 @@ from ssfilter.training.methods.ssfilter import SSFilterMethod
 from ssfilter.training.trainer import Trainer
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
 def test_ssfilter_training_writes_filter_log(tmp_path: Path, synthetic_mvtec: Path, ssf_config) -> None:
     Trainer(ssf_config, discover(synthetic_mvtec, "train"), tmp_path / "run", progress=False).fit()
-    rows = _rows(tmp_path / "run" / FILTER_LOG_FILE)
+    rows = read_csv_rows(tmp_path / "run" / FILTER_LOG_FILE)
     assert list(rows[0]) == FILTER_FIELDS
     assert [r["phase"] for r in rows] == ["cold"] * 3 + ["regular"] * 3
     for r in rows:
@@ -47,7 +42,9 @@ def test_ssfilter_resume_is_identical(tmp_path: Path, synthetic_mvtec: Path, ssf
     a, b = load_file(str(tmp_path / "full" / MODEL_FILE)), load_file(str(tmp_path / "cut" / MODEL_FILE))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
-    assert _rows(tmp_path / "full" / FILTER_LOG_FILE) == _rows(tmp_path / "cut" / FILTER_LOG_FILE)
+    assert read_csv_rows(tmp_path / "full" / FILTER_LOG_FILE) == read_csv_rows(
+        tmp_path / "cut" / FILTER_LOG_FILE
+    )
 
 
 def test_ablation_without_uncertainty_and_restoring(
@@ -56,7 +53,7 @@ def test_ablation_without_uncertainty_and_restoring(
     ssf_config.batch_filter.uncertainty = False
     ssf_config.restoration.enabled = False
     Trainer(ssf_config, discover(synthetic_mvtec, "train"), tmp_path / "run", progress=False).fit()
-    rows = _rows(tmp_path / "run" / FILTER_LOG_FILE)
+    rows = read_csv_rows(tmp_path / "run" / FILTER_LOG_FILE)
     assert all(int(r["kept"]) == 3 and int(r["synthetic"]) == 0 and int(r["recalled"]) == 0 for r in rows)
 
 
@@ -139,7 +136,7 @@ def test_noise_injection_labels_reach_the_filter_log(
     Detector(ssf_config).fit(data, tmp_path / "run", progress=False, noise=0.3, overlap=True, noise_seed=1)
     split = (tmp_path / "run" / "noise_split.json").read_text()
     assert '"alpha": 0.3' in split
-    rows = _rows(tmp_path / "run" / FILTER_LOG_FILE)
+    rows = read_csv_rows(tmp_path / "run" / FILTER_LOG_FILE)
     assert sum(int(r["anomalies"]) for r in rows) > 0
 
 
@@ -180,9 +177,9 @@ def test_tiny_training_sets_never_give_nan(
     ssf_config.train.iters = 4
     with pytest.warns(UserWarning, match="fewer than the batch size"):
         Trainer(ssf_config, samples, tmp_path / "run", progress=False).fit()
-    losses = [float(r["loss"]) for r in _rows(tmp_path / "run" / "train_log.csv")]
+    losses = [float(r["loss"]) for r in read_csv_rows(tmp_path / "run" / "train_log.csv")]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
-    rows = _rows(tmp_path / "run" / FILTER_LOG_FILE)
+    rows = read_csv_rows(tmp_path / "run" / FILTER_LOG_FILE)
     assert all(int(r["batch"]) == n_images for r in rows)
     if n_images == 1:
         assert {r["phase"] for r in rows} == {"tiny"} and all(int(r["kept"]) == 1 for r in rows)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -8,15 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from ssfilter.data.datasets import discover
+from ssfilter.io import read_csv_rows
 from ssfilter.runfolder import LOG_FILE, MODEL_FILE, STATE_FILE
 from ssfilter.training.checkpoint import load_model, read_model_metadata
 from ssfilter.training.plan import BatchPlan
 from ssfilter.training.trainer import Trainer
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def test_batch_plan_is_deterministic_and_drop_last() -> None:
@@ -47,7 +42,7 @@ def test_training_writes_run_folder(tmp_path: Path, synthetic_mvtec: Path, tiny_
     assert result.iterations == 6
     for name in (MODEL_FILE, STATE_FILE, LOG_FILE, "config.yaml"):
         assert (run / name).is_file()
-    rows = _rows(run / LOG_FILE)
+    rows = read_csv_rows(run / LOG_FILE)
     assert [int(r["iteration"]) for r in rows] == list(range(1, 7))
     assert float(rows[0]["lr"]) == 0.0 and float(rows[1]["lr"]) > 0
     assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
@@ -61,7 +56,7 @@ def test_loss_decreases_on_tiny_model(tmp_path: Path, synthetic_mvtec: Path, tin
     tiny_config.train.iters = 30
     tiny_config.train.checkpoint_every = 30
     Trainer(tiny_config, discover(synthetic_mvtec, "train"), tmp_path / "run", progress=False).fit()
-    losses = [float(r["loss"]) for r in _rows(tmp_path / "run" / LOG_FILE)]
+    losses = [float(r["loss"]) for r in read_csv_rows(tmp_path / "run" / LOG_FILE)]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
 
 
@@ -79,7 +74,7 @@ def test_resume_gives_identical_weights(tmp_path: Path, synthetic_mvtec: Path, t
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
-    rows = _rows(tmp_path / "cut" / LOG_FILE)
+    rows = read_csv_rows(tmp_path / "cut" / LOG_FILE)
     assert [int(r["iteration"]) for r in rows] == list(range(1, 7)), (
         "log rows after the checkpoint are replaced"
     )
@@ -118,9 +113,9 @@ def test_training_follows_schedule_fractions_and_warns_about_unreachable_phases(
     assert (trainer.cfg.train.warmup_iters, trainer.cfg.batch_filter.cold_start_iters) == (2, 4)
     with pytest.warns(UserWarning, match="regular phase .* is never reached"):
         trainer.fit()
-    lrs = [float(r["lr"]) for r in _rows(tmp_path / "run" / LOG_FILE)]
+    lrs = [float(r["lr"]) for r in read_csv_rows(tmp_path / "run" / LOG_FILE)]
     assert lrs[0] == 0.0 and 0.0 < lrs[1] < lrs[2]  # linear warm-up over the first 2 of 4 iterations
     saved = yaml.safe_load((tmp_path / "run" / CONFIG_FILE).read_text())
     assert saved["train"]["warmup_iters"] is None and saved["train"]["warmup_fraction"] == 0.5
-    phases = {r["phase"] for r in _rows(tmp_path / "run" / "filter_log.csv")}
+    phases = {r["phase"] for r in read_csv_rows(tmp_path / "run" / "filter_log.csv")}
     assert phases == {"cold"}
