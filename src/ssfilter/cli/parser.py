@@ -189,8 +189,9 @@ def _add_filter(sub: argparse._SubParsersAction) -> None:
         "--uncertainty",
         choices=("per-image", "per-batch"),
         default="per-batch",
-        help="MC-dropout passes per batch in every epoch (default, the paper's protocol) or once per "
-        "image, redrawn per batch (about 17x faster on a CPU; its decisions differ, see the README)",
+        help="MC-dropout passes per batch in every epoch (default, the paper's protocol) or 4K passes once "
+        "per image, u redrawn per batch from their spread (about 4x faster on a CPU; decisions close to "
+        "the paper's, not equal: see the README)",
     )
     p.add_argument(
         "--decision",

@@ -7,14 +7,21 @@ batch, the model is in eval mode) and the score of a pass is a top-1% mean of th
 patch comparison scores ``A`` and the in-batch split compare images with each other.
 
 The dataset filter of the paper nevertheless re-runs the K passes of every image in every one of its
-kappa_1 epochs, i.e. it draws ``u_i`` afresh kappa_1 times from the same distribution. This module runs
-``pool`` >= K passes of every image ONCE (:meth:`UncertaintyBank.build`) and, per filtered batch, draws K
-of each image's ``pool`` pass scores without replacement and takes their unbiased std
-(:meth:`UncertaintyBank.draw`): a fresh, equally distributed draw of ``u_i`` per epoch, from
-``pool`` decoder passes per image instead of ``K * kappa_1``. With ``pool == K`` every epoch sees the same
-``u_i``. The draws of epoch ``e``, batch ``j`` are seeded by ``(seed, e, j)`` like the per-batch masks, and
-the bank's masks by ``(seed, chunk)`` with chunks of the data set in order, so the result does not depend
-on how the work is split between processes.
+kappa_1 epochs, i.e. it draws ``u_i`` afresh kappa_1 times from the same distribution: the unbiased std of
+K pass scores. This module runs ``pool`` >= K passes of every image ONCE (:meth:`UncertaintyBank.build`),
+estimates the spread ``s_i`` of the image's pass scores from them, and per filtered batch draws
+``u_i = s_i * sqrt(chi2_{K-1} / (K-1))`` (:meth:`UncertaintyBank.draw`): the distribution of the std of K
+fresh pass scores when they are normal with spread ``s_i``. Each epoch's draw is independent, as the
+paper's are; only the estimate ``s_i`` is shared by the epochs.
+
+Why not redraw K of the ``pool`` stored scores: measured on a trained bottle run (README, "The dataset
+filter"), resampling a small pool reuses the same few values in every epoch, so an image's unlucky
+passes count against it kappa_1 times and the filter quarantines more good images than the paper's
+protocol does; the normal draw around a pooled estimate comes much closer to it.
+
+The draws of epoch ``e``, batch ``j`` are seeded by ``(seed, e, j)`` like the per-batch masks, and the
+bank's masks by ``(seed, chunk)`` with chunks of the data set in order, so the result does not depend on
+how the work is split between processes.
 """
 
 from __future__ import annotations
@@ -41,11 +48,11 @@ def bank_chunk_seed(seed: int, chunk: int) -> int:
 
 
 class UncertaintyBank:
-    """``pool`` MC-dropout pass scores per image; K of them per draw give an uncertainty ``u_i``.
+    """``pool`` MC-dropout pass scores per image, and draws of ``u_i`` as if from K fresh passes.
 
     Args:
         pass_scores: ``[n, pool]`` top-1% score of every pass of every image.
-        passes: K, the passes one uncertainty is computed from (``2 <= K <= pool``, or ``K == pool == 1``).
+        passes: K, the passes a paper uncertainty is the std of (``1 <= K <= pool``).
 
     Raises:
         ValueError: ``passes`` out of range.
@@ -57,6 +64,12 @@ class UncertaintyBank:
             raise ValueError(f"passes (K) must be in [1, pool = {pool}], got {passes}")
         self.pass_scores = pass_scores.detach().to("cpu", torch.float64)
         self.passes = int(passes)
+        #: ``[n]`` unbiased std of each image's pass scores: the spread estimate ``s_i`` (0 for a pool of 1).
+        self.spread = (
+            self.pass_scores.std(dim=1, correction=1)
+            if pool > 1
+            else torch.zeros(self.pass_scores.shape[0], dtype=torch.float64)
+        )
 
     @property
     def pool(self) -> int:
@@ -114,17 +127,17 @@ class UncertaintyBank:
         return cls(scores, passes)
 
     def draw(self, indices: list[int], generator: torch.Generator) -> Tensor:
-        """Uncertainties ``[len(indices)]``: unbiased std of K of each image's pass scores (no replacement).
+        """Uncertainties ``[len(indices)]``: ``s_i * sqrt(chi2_{K-1} / (K-1))``, one fresh draw per image.
 
-        With ``pool == K`` every draw is the same (all passes); with K == 1 the std is reported as 0.
+        The std of K independent normal pass scores with spread ``s_i`` has exactly this distribution;
+        with K == 1 the std is reported as 0, as :func:`~ssfilter.filtering.uncertainty.mc_uncertainty`
+        does.
         """
-        rows = self.pass_scores[indices]
-        if self.pool > self.passes:
-            pick = torch.rand(rows.shape, generator=generator, dtype=torch.float64).argsort(dim=1)
-            rows = rows.gather(1, pick[:, : self.passes])
-        if self.passes < 2:
-            return torch.zeros(rows.shape[0], dtype=torch.float64)
-        return rows.std(dim=1, correction=1)
+        k = self.passes
+        if k < 2:
+            return torch.zeros(len(indices), dtype=torch.float64)
+        z = torch.randn((len(indices), k - 1), generator=generator, dtype=torch.float64)
+        return self.spread[indices] * (z.square().sum(dim=1) / (k - 1)).sqrt()
 
     def mean_score(self) -> Tensor:
         """``[n]`` mean of each image's pass scores: a dropout-averaged reconstruction anomaly score."""

@@ -209,7 +209,7 @@ def test_vote_tally_matches_hand_counts() -> None:
 def test_uncertainty_modes_are_recorded_and_differ_only_in_u(model, cfg, samples, records) -> None:
     assert records.settings == {"uncertainty": "per-batch", "pool": None}  # the paper's, the default
     fast = filter_dataset(model, samples, cfg, progress=False, seed=7, uncertainty="per-image")
-    assert fast.settings == {"uncertainty": "per-image", "pool": 2 * cfg.batch_filter.mc_passes}
+    assert fast.settings == {"uncertainty": "per-image", "pool": 4 * cfg.batch_filter.mc_passes}
     assert fast.params == records.params
     for a, b in zip(records, fast, strict=True):
         assert a.times_seen == b.times_seen
