@@ -46,8 +46,16 @@ def test_benchmark_cli_end_to_end(tmp_path: Path, synthetic_mvtec: Path, tiny_co
             assert r["n_train"] <= 10
         else:
             assert r["filter"] is None
+        # The SSFilter row carries its run's in-batch filter summary, as `ssfilter train` writes it.
+        summary = out / f"alpha_{r['alpha']:g}" / "ssfilter" / "filter_summary.json"
+        if r["method"] == "ssfilter":
+            assert r["in_batch_filter"] == json.loads(summary.read_text())
+            assert (r["in_batch_filter"]["abnormal_recall"] is None) == (r["alpha"] == 0)
+        else:
+            assert r["in_batch_filter"] is None
     md = (out / "results.md").read_text()
     assert "alpha=0.25" in md and "patchcore+filter" in md and "noise rate before" in md
+    assert "In-batch filter of the SSFilter run" in md
     assert (out / "alpha_0.25" / "noise_split.json").is_file()
     assert "results in" in capsys.readouterr().out
     page = (out / "report.html").read_text()

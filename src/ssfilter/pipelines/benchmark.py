@@ -42,7 +42,7 @@ from ssfilter.pipelines.methods import (
     train_run,
 )
 from ssfilter.reporting.benchmark_tables import results_tables
-from ssfilter.runfolder import FILTER_CSV, FILTER_JSON, NOISE_SPLIT_FILE, SKIPPED_FILE
+from ssfilter.runfolder import FILTER_CSV, FILTER_JSON, FILTER_SUMMARY_FILE, NOISE_SPLIT_FILE, SKIPPED_FILE
 
 __all__ = ["parse_methods", "results_markdown", "run_benchmark"]
 
@@ -181,6 +181,8 @@ def _run_alpha(
         t0 = time.perf_counter()
         ctx.ssfilter_model = train_run(cfg, "ssfilter", train, folder / "ssfilter", progress, resume)
         ctx.ssfilter_seconds = round(time.perf_counter() - t0, 1)
+        summary = folder / "ssfilter" / FILTER_SUMMARY_FILE
+        ctx.ssfilter_in_batch = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None
     if filtered:
         kept, filter_stats = _filter(ctx.ssfilter_model, train, cfg, folder / "filter", progress, resume)
         filter_stats["noise_rate_before"] = contamination(train)["noise_rate"]
@@ -196,6 +198,7 @@ def _run_alpha(
                 "overlap": overlap,
                 "metrics": metrics,
                 "filter": filter_stats if name.endswith(FILTER_SUFFIX) else None,
+                "in_batch_filter": ctx.ssfilter_in_batch if name == "ssfilter" else None,
                 "n_train": len(samples),
                 "seconds": round(time.perf_counter() - t0, 1)
                 + (ctx.ssfilter_seconds if method.needs_ssfilter_run else 0.0),

@@ -54,6 +54,7 @@ class MethodContext:
         resume: Continue unfinished training runs from their checkpoints.
         ssfilter_model: The shared SSFilter model, once trained (see :class:`Method.needs_ssfilter_run`).
         ssfilter_seconds: Wall time of training it.
+        ssfilter_in_batch: Its in-batch filter summary (``filter_summary.json``), once trained.
     """
 
     cfg: Config
@@ -63,6 +64,7 @@ class MethodContext:
     resume: bool = False
     ssfilter_model: Any = field(default=None, repr=False)
     ssfilter_seconds: float = 0.0
+    ssfilter_in_batch: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,13 +87,20 @@ class Method:
 def train_run(
     cfg: Config, method: str, samples: Sequence[Sample], run: Path, progress: bool, resume: bool
 ) -> Any:
-    """Train ``method`` (``dinomaly`` / ``ssfilter``) on ``samples`` into ``run``; return the model."""
+    """Train ``method`` (``dinomaly`` / ``ssfilter``) on ``samples`` into ``run``; return the model.
+
+    An SSFilter run also gets its ``filter_summary.json``, as ``ssfilter train`` writes it.
+    """
+    from ssfilter.runfolder import FILTER_LOG_FILE
     from ssfilter.training.checkpoint import load_model
+    from ssfilter.training.filter_log import write_filter_summary
     from ssfilter.training.trainer import Trainer
 
     c = cfg.copy()
     c.train.method = method
     Trainer(c, samples, run, progress=progress).fit(resume=resume)
+    if (run / FILTER_LOG_FILE).is_file():
+        write_filter_summary(run)
     return load_model(run, c)
 
 

@@ -16,17 +16,15 @@ from ssfilter.data.datasets import Sample
 from ssfilter.data.formats import get_format, resolve_category
 from ssfilter.data.validation import prepare_training_samples
 from ssfilter.errors import RunExistsError
-from ssfilter.io import atomic_write_json
 from ssfilter.runfolder import (
     FILTER_LOG_FILE,
-    FILTER_SUMMARY_FILE,
     MODEL_FILE,
     NOISE_SPLIT_FILE,
     STATE_FILE,
     write_data_record,
 )
 from ssfilter.runtime.distributed import is_main_process
-from ssfilter.training.filter_log import summarize_filter_log
+from ssfilter.training.filter_log import write_filter_summary
 from ssfilter.training.trainer import Trainer, TrainResult
 
 __all__ = ["fit_run", "fit_samples"]
@@ -130,7 +128,7 @@ def fit_samples(
     write_data_record(run, data, len(samples), data_format)
     finished = result.iterations == cfg.train.iters
     if (run / FILTER_LOG_FILE).is_file() and finished:
-        _summarize_filter(run)
+        write_filter_summary(run)
     log.info("trained %d iterations in %.1fs", result.iterations, result.seconds)
     if cfg.calibration.after_training and finished:
         _calibrate(cfg, run, [s.path for s in samples], progress)
@@ -142,28 +140,6 @@ def _format_coverage(data: str | Path, data_format: str | None) -> str:
     if data_format is not None:
         return get_format(data_format).coverage
     return resolve_category(data).handler.coverage
-
-
-def _summarize_filter(run: Path) -> None:
-    """Write the in-batch filter's summary of a finished SSFilter run (``filter_summary.json``)."""
-    summary = summarize_filter_log(run / FILTER_LOG_FILE)
-    atomic_write_json(run / FILTER_SUMMARY_FILE, summary)
-    if summary["abnormal_recall"] is not None:
-        log.info(
-            "abnormal recall in the second half of training: %.3f (normals discarded: %.3f)",
-            summary["abnormal_recall"],
-            summary["normal_discard_rate"],
-        )
-        for name, fig in summary["phases"].items():
-            if fig["abnormal_recall"] is not None:
-                log.info(
-                    "%s phase (iterations %d-%d): abnormal recall %.3f, normals discarded %.3f",
-                    name,
-                    fig["first_iteration"],
-                    fig["last_iteration"],
-                    fig["abnormal_recall"],
-                    fig["normal_discard_rate"],
-                )
 
 
 def _calibrate(cfg: Config, run: Path, paths: list[str], progress: bool) -> None:

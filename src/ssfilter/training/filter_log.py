@@ -10,13 +10,23 @@ of those anomalies that were discarded; the normal discard rate is the price pai
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
-from ssfilter.io import read_csv_rows
+from ssfilter.io import atomic_write_json, read_csv_rows
+from ssfilter.runfolder import FILTER_LOG_FILE, FILTER_SUMMARY_FILE
 
-__all__ = ["FILTER_FIELDS", "FILTER_RANK_FIELDS", "merge_filter_rows", "summarize_filter_log"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FILTER_FIELDS",
+    "FILTER_RANK_FIELDS",
+    "merge_filter_rows",
+    "summarize_filter_log",
+    "write_filter_summary",
+]
 
 #: Per-iteration filter log of the ssfilter method (``filter_log.csv``). The last four columns count
 #: true labels when the training set's labels are known (noise-injected benchmarks), else stay empty.
@@ -87,6 +97,34 @@ def summarize_filter_log(path: str | Path, from_fraction: float = 0.5) -> dict[s
     phases = list(dict.fromkeys(r["phase"] for r in rows))
     out["phases"] = {p: {**_figures([r for r in rows if r["phase"] == p]), **_span(rows, p)} for p in phases}
     return out
+
+
+def write_filter_summary(run: str | Path) -> dict[str, Any]:
+    """Summarise a finished SSFilter run's ``filter_log.csv`` into its ``filter_summary.json``, and log it.
+
+    Every command that trains an SSFilter run (``train``, ``benchmark``) writes the same file, so the
+    in-batch filter's abnormal recall sits next to each run's metrics.
+    """
+    run = Path(run)
+    summary = summarize_filter_log(run / FILTER_LOG_FILE)
+    atomic_write_json(run / FILTER_SUMMARY_FILE, summary)
+    if summary["abnormal_recall"] is not None:
+        log.info(
+            "abnormal recall in the second half of training: %.3f (normals discarded: %.3f)",
+            summary["abnormal_recall"],
+            summary["normal_discard_rate"],
+        )
+        for name, fig in summary["phases"].items():
+            if fig["abnormal_recall"] is not None:
+                log.info(
+                    "%s phase (iterations %d-%d): abnormal recall %.3f, normals discarded %.3f",
+                    name,
+                    fig["first_iteration"],
+                    fig["last_iteration"],
+                    fig["abnormal_recall"],
+                    fig["normal_discard_rate"],
+                )
+    return summary
 
 
 def _span(rows: list[dict[str, str]], phase: str) -> dict[str, int]:

@@ -54,3 +54,19 @@ def test_no_rows_give_an_empty_metric_table() -> None:
     assert results_tables([]) == [
         {"title": "I-AUROC / P-AUPRO (%)", "header": ["method", "mean"], "rows": []}
     ]
+
+
+def test_in_batch_table_shows_the_ssfilter_runs_recall_per_alpha() -> None:
+    def fig(recall: float | None, discard: float | None) -> dict:
+        return {"abnormal_recall": recall, "normal_discard_rate": discard}
+
+    summary = {**fig(0.75, 0.375), "phases": {"cold": fig(0.5, 0.25), "regular": fig(0.75, 0.375)}}
+    rows = [
+        {**_row("ssfilter", 0.0, 0.9, 0.9), "in_batch_filter": {**fig(None, 0.3), "phases": {}}},  # no labels
+        {**_row("ssfilter", 0.2, 0.9, 0.9), "in_batch_filter": summary},
+        {**_row("dinomaly", 0.2, 0.8, 0.8), "in_batch_filter": None},
+    ]
+    tables = results_tables(rows)
+    assert tables[-1]["title"] == "In-batch filter of the SSFilter run (%)"
+    assert tables[-1]["rows"] == [["0.2", "75.0", "37.5", "50.0 / 25.0", "75.0 / 37.5"]]
+    assert len(results_tables([_row("ssfilter", 0.2, 0.9, 0.9)])) == 1  # rows from before the column
