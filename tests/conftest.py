@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +106,19 @@ def bad_images_dir(tmp_path: Path) -> Path:
 
 #: The read-only shared folder beside the checkout (real data and weights); tests skip without it.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture
+def run_script() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run a Python script in a fresh interpreter with ``src`` importable (e.g. without torch)."""
+    src = Path(__file__).resolve().parents[1] / "src"
+
+    def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+        cmd = [sys.executable, "-c", script, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+    return run
 
 
 @pytest.fixture(scope="session")

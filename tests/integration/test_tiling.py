@@ -60,14 +60,73 @@ def test_resizing_the_whole_part_misses_it(tmp_path: Path, parts, tiny_config) -
     assert int((scores[4:] > scores[:4].max()).sum()) <= 2, scores
 
 
-def test_tiled_run_refuses_export_with_a_reason(tmp_path: Path, parts, tiny_config) -> None:
-    from ssfilter.inference.export import resolve_source
-    from ssfilter.inference.run import load_run_folder
+_TORCH_FREE = """
+import json, sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+from ssfilter.inference.onnx_predictor import load_predictor
+preds, skipped = load_predictor(sys.argv[1], threads=1).predict(sys.argv[2:])
+print(json.dumps({"raw": [p.raw_score for p in preds], "labels": [p.label for p in preds],
+                  "torch": [m for m in sys.modules if m.startswith("torch") and sys.modules[m]]}))
+"""
 
-    folder, _, _ = parts
-    _fit(tiny_config, folder, tmp_path / "run", "tiles", iters=2)
-    with pytest.raises(ValueError, match="tile by tile"):
-        resolve_source(load_run_folder(tmp_path / "run", "cpu", calibration="skip"), None, None)
+
+@pytest.fixture(scope="module")
+def tiled_export(
+    parts, make_tiny_config, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Detector, object, Path]:
+    """A calibrated tiled run, its calibration and its ONNX export."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    base = tmp_path_factory.mktemp("tiled_export")
+    det = _fit(make_tiny_config(), parts[0], base / "run", "tiles")
+    cal = det.calibrate(progress=False)
+    return det, cal, det.export(base / "tiled.onnx")
+
+
+def test_tiled_run_exports_and_finds_the_defect_without_torch(tiled_export, parts, run_script) -> None:
+    import json
+
+    from ssfilter.inference.export import MAP_TOLERANCE, SCORE_TOLERANCE
+    from ssfilter.inference.onnx_predictor import OnnxPredictor, read_onnx_metadata
+
+    det, cal, path = tiled_export
+    meta = read_onnx_metadata(path)
+    assert (meta["coverage"], meta["tile_scale"], meta["tile_overlap"]) == ("tiles", 1.0, 0.25)
+    assert (meta["tile_map_size"], meta["eval_size"], meta["ssfilter_export_format"]) == (64, 64, 2)
+    # parity: the first and last tile of 4 training images, and 2 random inputs
+    assert meta["parity"]["ok"] and meta["parity"]["n_real"] == 8
+
+    images = [*parts[1], *parts[2]]
+    ref, _ = det.predictor(cal).predict(images)
+    got, skipped = OnnxPredictor(path, threads=1).predict(images)
+    assert not skipped and len(got) == len(ref) == 8
+    for t, o in zip(ref, got, strict=True):
+        assert (o.width, o.height) == (t.width, t.height) == (WIDTH, HEIGHT) and o.label == t.label
+        assert abs(o.raw_score - t.raw_score) <= 1e-5 and abs(o.score - t.score) <= SCORE_TOLERANCE
+        assert o.map.shape == t.map.shape and np.abs(o.map - t.map).max() <= MAP_TOLERANCE
+    scores = np.array([p.raw_score for p in got])
+    assert scores[4:].min() > scores[:4].max(), scores  # the tiny dots are still found, by ONNX alone
+
+    proc = run_script(_TORCH_FREE, str(path), *map(str, images))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["torch"] == [] and out["labels"] == [p.label for p in got]
+    np.testing.assert_allclose(out["raw"], scores, rtol=0, atol=1e-6)
+
+
+def test_tiled_run_exports_to_openvino(tiled_export, parts, tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'ssfilter[openvino]')")
+    from ssfilter.inference.onnx_predictor import OnnxPredictor, load_predictor, read_export_metadata
+
+    det, _, onnx_path = tiled_export
+    xml = det.export(tmp_path / "tiled.xml", format="openvino")
+    assert read_export_metadata(xml)["coverage"] == "tiles"
+    images = [*parts[1], *parts[2]]
+    ov_scores, ov_maps = load_predictor(xml, threads=1).predict_raw(images)
+    ort_scores, ort_maps = OnnxPredictor(onnx_path, threads=1).predict_raw(images)
+    assert ov_maps.shape == ort_maps.shape == (8, 64, 64)
+    np.testing.assert_allclose(ov_scores, ort_scores, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ov_maps, ort_maps, rtol=0, atol=1e-4)
 
 
 def test_tiled_ssfilter_run_trains_evaluates_and_filters_per_image(tmp_path: Path, tiny_config) -> None:

@@ -6,18 +6,19 @@ native resolution it spans several feature cells. With ``data.coverage = "tiles"
 tile is scored by the model as an image of its own, and the tiles' maps are averaged back into one map of
 the whole image (:func:`stitch`).
 
-Geometry only (pure Python and torch): the dataset that yields tiles is
-:class:`ssfilter.data.tile_dataset.TileDataset`, the scorer that stitches maps is
-:class:`ssfilter.evaluation.scorers.TiledScorer`.
+Geometry only, and free of torch: the same :class:`TileGrid` cuts and stitches torch tensors (the dataset
+that yields tiles, :class:`ssfilter.data.tile_dataset.TileDataset`, and the scorer that stitches maps,
+:class:`ssfilter.evaluation.scorers.TiledScorer`) and numpy arrays (the torch-free predictor of exported
+tiled runs, :mod:`ssfilter.inference.exported_tiles`), so training, evaluation and deployment tile alike.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
 __all__ = ["TileGrid", "scaled_size", "tile_positions"]
 
@@ -88,30 +89,43 @@ class TileGrid:
     def __len__(self) -> int:
         return len(self.boxes)
 
-    def cut(self, image: Tensor) -> Tensor:
-        """The tiles ``[T, C, tile, tile]`` of an image ``[C, height, width]``."""
+    def windows(self, image: Any) -> list[Any]:
+        """The ``tile x tile`` views of every tile of ``image`` ``[..., height, width]``, in box order.
+
+        Works on torch tensors and numpy arrays alike (plain slicing); stack them with the array's own
+        library (``torch.stack``, ``np.stack``).
+        """
         if tuple(image.shape[-2:]) != (self.height, self.width):
             raise ValueError(
                 f"image of {tuple(image.shape[-2:])} does not match the grid's {(self.height, self.width)}"
             )
         t = self.tile
-        return torch.stack([image[..., y : y + t, x : x + t] for y, x in self.boxes])
+        return [image[..., y : y + t, x : x + t] for y, x in self.boxes]
 
-    def stitch(self, maps: Tensor) -> Tensor:
-        """One ``[height, width]`` map from the tiles' maps ``[T, tile, tile]``, overlaps averaged."""
+    def stitch(self, maps: Any) -> Any:
+        """One ``[height, width]`` map from the tiles' maps ``[T, tile, tile]``, overlaps averaged.
+
+        ``maps`` is a torch tensor (the result stays on its device and dtype) or a numpy array.
+        """
         if maps.ndim != 3 or maps.shape[0] != len(self) or tuple(maps.shape[1:]) != (self.tile, self.tile):
             raise ValueError(
                 f"expected {len(self)} tile maps of {self.tile} x {self.tile}, got {tuple(maps.shape)}"
             )
-        total = maps.new_zeros(self.height, self.width)
-        count = maps.new_zeros(self.height, self.width)
+        total = _zeros_like(maps, (self.height, self.width))
+        count = _zeros_like(maps, (self.height, self.width))
         t = self.tile
         for (y, x), tile_map in zip(self.boxes, maps, strict=True):
             total[y : y + t, x : x + t] += tile_map
             count[y : y + t, x : x + t] += 1
         return total / count
 
-    def box_mask_any(self, mask: Tensor) -> list[bool]:
+    def box_mask_any(self, mask: Any) -> list[bool]:
         """Whether each tile holds a non-zero pixel of ``mask`` ``[height, width]`` (a defect's tiles)."""
         t = self.tile
         return [bool((mask[y : y + t, x : x + t] > 0).any()) for y, x in self.boxes]
+
+
+def _zeros_like(maps: Any, shape: tuple[int, int]) -> Any:
+    """Zeros of ``shape`` in the array library, dtype (and device) of ``maps``: a torch tensor or numpy."""
+    new_zeros = getattr(maps, "new_zeros", None)  # torch tensors; numpy arrays have no such method
+    return new_zeros(shape) if new_zeros is not None else np.zeros(shape, dtype=maps.dtype)

@@ -141,12 +141,10 @@ class TiledScorer:
     def stitched(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """The whole-image map ``[H, W]`` of one scaled image ``[3, H, W]`` and its score (0-d)."""
         grid = TileGrid(int(image.shape[-2]), int(image.shape[-1]), self.tile, self.overlap)
-        tiles = grid.cut(image)
+        tiles = torch.stack(grid.windows(image))
         parts = [self.inner(tiles[i : i + self.chunk])[0] for i in range(0, len(tiles), self.chunk)]
         full = grid.stitch(torch.cat(parts).float())
-        t = self.tile
-        windows = torch.stack([full[y : y + t, x : x + t] for y, x in grid.boxes])
-        return full, topk_mean_score(windows, ratio=0.01).max()
+        return full, topk_mean_score(torch.stack(grid.windows(full)), ratio=0.01).max()
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:

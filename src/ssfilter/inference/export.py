@@ -44,8 +44,8 @@ import torch
 from ssfilter.config import Config
 from ssfilter.inference.calibration import Calibration
 from ssfilter.inference.formats import get_export_format
-from ssfilter.inference.graph import INPUT_NAME, OUTPUT_NAMES, InferenceGraph
-from ssfilter.inference.onnx_predictor import read_onnx_metadata
+from ssfilter.inference.graph import INPUT_NAME, OUTPUT_NAMES, InferenceGraph, graph_map_size
+from ssfilter.inference.onnx_predictor import EXPORT_FORMAT, read_onnx_metadata
 from ssfilter.inference.parity import (
     MAP_TOLERANCE,
     SCORE_TOLERANCE,
@@ -80,9 +80,6 @@ __all__ = [
     "trace_graph",
     "read_onnx_metadata",
 ]
-
-#: Version of the exported file's interface (input/output names and metadata keys).
-EXPORT_FORMAT = 1
 
 
 def _require_onnx() -> tuple[Any, Any]:
@@ -127,7 +124,7 @@ def resolve_source(
         calibration: Calibration to embed instead of the run's.
 
     Raises:
-        ValueError: when the config's crop is not the model's, or the run scores tiles.
+        ValueError: when the config's crop is not the model's.
     """
     if isinstance(source, DinomalyModel):
         if config is None:
@@ -146,20 +143,14 @@ def resolve_source(
         raise ValueError(
             f"config crop {src.config.data.crop} does not match the model's crop {src.model.crop}"
         )
-    if src.config.data.coverage == "tiles":
-        # The exported graph scores one model input; cutting tiles and stitching their maps is not part
-        # of it, and the torch-free predictors do not do it yet.
-        raise ValueError(
-            "this run scores images tile by tile (data.coverage = tiles); exporting tiled runs is not "
-            "supported yet: use `ssfilter predict` or `ssfilter serve`, which tile like evaluation does"
-        )
     return src
 
 
 def export_metadata(src: LoadedRun, opset: int, batch_size: int | None) -> dict[str, str]:
     """The metadata every exported file carries (strings; see the module docstring), parity aside."""
     cfg, model = src.config, src.model
-    crop, size = cfg.data.crop, cfg.data.eval_size
+    crop, size = cfg.data.crop, graph_map_size(cfg.data)
+    tiles = cfg.data.coverage == "tiles"
     return {
         "ssfilter_export_format": str(EXPORT_FORMAT),
         "ssfilter_version": VERSION,
@@ -167,15 +158,32 @@ def export_metadata(src: LoadedRun, opset: int, batch_size: int | None) -> dict[
         "crop": str(cfg.data.crop),
         "resize": str(cfg.data.resize),
         "eval_size": str(cfg.data.eval_size),
+        "coverage": cfg.data.coverage,
+        **(_tile_metadata(cfg) if tiles else {}),
         "mean": json.dumps([float(v) for v in model.encoder.mean]),
         "std": json.dumps([float(v) for v in model.encoder.std]),
-        "interpolation": "bilinear, antialiased (Pillow BILINEAR), then centre crop",
+        "interpolation": (
+            "tiles: bilinear, antialiased (Pillow BILINEAR) resize by tile_scale, aspect kept, then "
+            "overlapping crop x crop tiles; tile maps averaged back, top-1% window score, bilinear resize "
+            "to eval_size"
+            if tiles
+            else "bilinear, antialiased (Pillow BILINEAR), then centre crop"
+        ),
         "input": f"{INPUT_NAME}: float32 [N, 3, {crop}, {crop}] RGB in [0, 1], not normalised",
         "outputs": f"maps: float32 [N, 1, {size}, {size}] raw; scores: float32 [N] raw",
         "batch_size": "dynamic" if batch_size is None else str(batch_size),
         "opset": str(opset),
         "calibration": json.dumps(src.calibration.to_dict() if src.calibration is not None else None),
         "run": str(src.path) if src.path is not None else "",
+    }
+
+
+def _tile_metadata(cfg: Config) -> dict[str, str]:
+    """How a tiled run cuts images (read back by :class:`~ssfilter.inference.exported_tiles.TileSettings`)."""
+    return {
+        "tile_scale": repr(float(cfg.data.tile_scale)),
+        "tile_overlap": repr(float(cfg.data.tile_overlap)),
+        "tile_map_size": str(graph_map_size(cfg.data)),
     }
 
 
@@ -298,7 +306,7 @@ def _write_checked(
 
     Runs with the model on the CPU in eval mode; ``path`` is the temporary file of the atomic write.
     """
-    graph = InferenceGraph(src.model, src.config.data.eval_size).cpu()
+    graph = InferenceGraph(src.model, graph_map_size(src.config.data)).cpu()
     # The PyTorch reference runs before tracing: it also fills the encoder's per-size constants
     # (the ViT position table at this crop), which the trace then records as constants.
     reference = torch_outputs(graph, inputs, batch_size)

@@ -4,6 +4,9 @@ Inside the graph: normalisation by the encoder's mean/std, the frozen encoder, t
 mode (no dropout), the decoder, ``1 - cos`` per group, bilinear upsampling, resizing to
 ``data.eval_size``, the 5x5 / sigma 4 zero-padded Gaussian blur and the top-1% image score
 (:func:`ssfilter.models.anomaly_map.evaluation_maps`, the numbers ``evaluate`` and ``predict`` use).
+
+The graph of a tiled run scores one tile: its maps stay at tile resolution (:func:`graph_map_size`), and
+stitching the tiles back happens outside it (:mod:`ssfilter.inference.exported_tiles`).
 """
 
 from __future__ import annotations
@@ -11,15 +14,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ssfilter.config import DataConfig
 from ssfilter.models.anomaly_map import evaluation_maps
 from ssfilter.models.dinomaly import DinomalyModel
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "InferenceGraph"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "InferenceGraph", "graph_map_size"]
 
 #: Name of the graph's input: ``float32 [N, 3, crop, crop]`` RGB in [0, 1], not normalised.
 INPUT_NAME = "images"
 #: Names of the graph's outputs: ``maps`` ``[N, 1, S, S]`` and ``scores`` ``[N]``, raw.
 OUTPUT_NAMES = ("maps", "scores")
+
+
+def graph_map_size(data: DataConfig) -> int:
+    """Side of the exported graph's maps: the tile's for a tiled run (stitched later), else ``eval_size``.
+
+    Evaluation scores a tiled run's tiles at tile resolution too
+    (:func:`ssfilter.evaluation.scorers.with_coverage`), so the stitched maps are the same.
+    """
+    return data.crop if data.coverage == "tiles" else data.eval_size
 
 
 class InferenceGraph(nn.Module):

@@ -17,7 +17,9 @@ Preprocessing reproduces the run's torchvision transform
 a PIL image), the centre crop at ``int(round((side - crop) / 2))`` (torchvision's ``CenterCrop``
 offsets), and ``uint8 / 255`` as float32 (``ToTensor``). Normalisation happens inside the graph.
 Images are read with :func:`ssfilter.data.images.read_image` (EXIF orientation, any pixel mode to
-8-bit RGB), exactly as in training.
+8-bit RGB), exactly as in training. An export of a tiled run (metadata ``coverage = tiles``) scores tiles:
+the image is scaled, cut, and the tiles' maps stitched back in numpy
+(:mod:`ssfilter.inference.exported_tiles`), as the run's evaluation does.
 
 Nothing in this module imports torch (a test runs it with torch blocked).
 """
@@ -36,6 +38,7 @@ from PIL import Image
 from ssfilter.data.images import ImageReadError, Skipped, read_image, scan_images
 from ssfilter.errors import CalibrationError
 from ssfilter.inference.calibration import Calibration
+from ssfilter.inference.exported_tiles import TileSettings, scaled_input, stitched_outputs
 from ssfilter.inference.prediction import Prediction, decide
 from ssfilter.inference.runtimes import (
     OnnxRuntimeSession,
@@ -46,6 +49,7 @@ from ssfilter.inference.runtimes import (
 )
 
 __all__ = [
+    "EXPORT_FORMAT",
     "ExportedPredictor",
     "OnnxPredictor",
     "OpenVinoPredictor",
@@ -56,7 +60,13 @@ __all__ = [
     "read_onnx_metadata",
 ]
 
-_INT_KEYS = ("crop", "resize", "eval_size", "opset", "ssfilter_export_format")
+#: Version of the exported file's interface (input/output names and metadata keys), written by the
+#: exporters and checked by the predictors. 2: tiled runs (``coverage``, ``tile_scale``,
+#: ``tile_overlap``, ``tile_map_size``).
+EXPORT_FORMAT = 2
+
+_INT_KEYS = ("crop", "resize", "eval_size", "tile_map_size", "opset", "ssfilter_export_format")
+_FLOAT_KEYS = ("tile_scale", "tile_overlap")
 _JSON_KEYS = ("mean", "std", "calibration", "parity")
 
 
@@ -67,13 +77,16 @@ def decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
         raw: The ``{key: value}`` strings.
 
     Returns:
-        The same keys; ``crop``/``resize``/``eval_size``/``opset`` as ints, ``mean``/``std`` as lists,
+        The same keys; sizes and ``opset`` as ints, tile settings as floats, ``mean``/``std`` as lists,
         ``calibration`` and ``parity`` as dicts (``calibration`` is ``None`` when none was embedded).
     """
     out: dict[str, Any] = dict(raw)
     for key in _INT_KEYS:
         if key in out:
             out[key] = int(out[key])
+    for key in _FLOAT_KEYS:
+        if key in out:
+            out[key] = float(out[key])
     for key in _JSON_KEYS:
         if key in out:
             out[key] = json.loads(out[key])
@@ -135,9 +148,19 @@ class ExportedPredictor:
         missing = [k for k in ("crop", "resize", "eval_size") if k not in self.metadata]
         if missing:
             raise ValueError(f"{self.path} is not an ssfilter export (metadata lacks {', '.join(missing)})")
+        version = int(self.metadata.get("ssfilter_export_format", 1))
+        if version > EXPORT_FORMAT:
+            raise ValueError(
+                f"{self.path} was exported by a newer ssfilter (export format {version}, this one reads "
+                f"up to {EXPORT_FORMAT}): upgrade ssfilter to run it"
+            )
         self.crop: int = self.metadata["crop"]
         self.resize: int = self.metadata["resize"]
         self.eval_size: int = self.metadata["eval_size"]
+        #: How a tiled run's images are cut (``None``: the graph scores whole inputs).
+        self.tiles: TileSettings | None = TileSettings.from_metadata(self.metadata)
+        #: Side of the graph's own maps: the tile's for a tiled run (stitched here), else ``eval_size``.
+        self.map_size: int = int(self.metadata.get("tile_map_size", self.eval_size))
         #: Fixed batch size of the graph, or ``None`` when its batch axis is dynamic.
         self.fixed_batch: int | None = runtime.fixed_batch
         raw_cal = self.metadata.get("calibration")
@@ -159,7 +182,10 @@ class ExportedPredictor:
         return preprocess(image, self.resize, self.crop)
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw scores ``[N]`` and maps ``[N, S, S]`` of preprocessed ``[N, 3, crop, crop]`` inputs.
+        """The graph's raw scores ``[N]`` and maps ``[N, M, M]`` of ``[N, 3, crop, crop]`` inputs.
+
+        ``M`` is :attr:`map_size` (``eval_size``, or the tile's side for a tiled run, whose inputs are
+        tiles: use :meth:`score_images` for whole images).
 
         Args:
             images: float32 inputs in [0, 1] (see :meth:`preprocess`).
@@ -167,7 +193,7 @@ class ExportedPredictor:
         x = np.ascontiguousarray(images, dtype=np.float32)
         n = len(x)
         if n == 0:
-            return np.zeros(0, np.float32), np.zeros((0, self.eval_size, self.eval_size), np.float32)
+            return np.zeros(0, np.float32), np.zeros((0, self.map_size, self.map_size), np.float32)
         step = self.fixed_batch or n
         scores, maps = [], []
         for start in range(0, n, step):
@@ -179,6 +205,28 @@ class ExportedPredictor:
             maps.append(m[:valid, 0])
             scores.append(s[:valid])
         return np.concatenate(scores), np.concatenate(maps)
+
+    def score_images(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw scores ``[B]`` and maps ``[B, S, S]`` (``S = eval_size``) of decoded RGB images.
+
+        A plain export runs the images as one batch; a tiled one scores each image's tiles and stitches
+        their maps (:mod:`ssfilter.inference.exported_tiles`).
+
+        Args:
+            images: Decoded RGB images.
+        """
+        if not images:
+            return np.zeros(0, np.float32), np.zeros((0, self.eval_size, self.eval_size), np.float32)
+        if self.tiles is None:
+            return self.run(np.stack([self.preprocess(image) for image in images]))
+        scores, maps = [], []
+        for image in images:
+            x = scaled_input(image, self.tiles.scale, self.tiles.tile)
+            grid = self.tiles.grid(x.shape[1], x.shape[2])
+            full_map, score = stitched_outputs(grid, self.run(np.stack(grid.windows(x)))[1], self.eval_size)
+            scores.append(score)
+            maps.append(full_map)
+        return np.asarray(scores, dtype=np.float32), np.stack(maps)
 
     def predict_raw(
         self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 8
@@ -192,12 +240,11 @@ class ExportedPredictor:
         scores, maps = [], []
         files = list(paths)
         for start in range(0, len(files), max(1, batch_size)):
-            batch = np.stack([self.preprocess(read_image(p)) for p in files[start : start + batch_size]])
-            s, m = self.run(batch)
+            s, m = self.score_images([read_image(p) for p in files[start : start + batch_size]])
             scores.append(s)
             maps.append(m)
         if not scores:
-            return self.run(np.zeros((0, 3, self.crop, self.crop), np.float32))
+            return self.score_images([])
         return np.concatenate(scores), np.concatenate(maps)
 
     def predict(
@@ -252,7 +299,7 @@ class ExportedPredictor:
         step = max(1, batch_size)
         for start in range(0, len(images), step):
             chunk = images[start : start + step]
-            scores, maps = self.run(np.stack([self.preprocess(image) for image in chunk]))
+            scores, maps = self.score_images(chunk)
             sizes = [image.size for image in chunk]
             results.extend(
                 decide(

@@ -36,7 +36,7 @@ import torch
 from ssfilter.config import Config
 from ssfilter.inference.calibration import Calibration
 from ssfilter.inference.export import export_metadata, on_cpu_in_eval, resolve_source, trace_graph
-from ssfilter.inference.graph import InferenceGraph
+from ssfilter.inference.graph import InferenceGraph, graph_map_size
 from ssfilter.inference.parity import batches, check_parity, parity_inputs, torch_outputs
 from ssfilter.inference.run import LoadedRun
 from ssfilter.inference.runtimes import (
@@ -115,7 +115,7 @@ def _write_checked(
     precision: str,
 ) -> None:
     """Trace and convert the graph, check its parity in OpenVINO (raising on failure), save the IR."""
-    graph = InferenceGraph(src.model, src.config.data.eval_size).cpu()
+    graph = InferenceGraph(src.model, graph_map_size(src.config.data)).cpu()
     reference = torch_outputs(graph, inputs, batch_size)  # also fills the encoder's per-size constants
     example = torch.from_numpy(next(batches(inputs, batch_size or 2))[0].copy())
     onnx_file = xml.with_suffix(".onnx")

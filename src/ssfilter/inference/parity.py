@@ -20,19 +20,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ssfilter.config import Config
 from ssfilter.data.images import ImageReadError, read_image, scan_images
+from ssfilter.data.tiling import TileGrid
 from ssfilter.data.transforms import build_image_transform
 from ssfilter.errors import SSFilterError
 from ssfilter.inference.calibration import Calibration
+from ssfilter.inference.exported_tiles import scaled_input
 from ssfilter.inference.graph import INPUT_NAME, OUTPUT_NAMES, InferenceGraph
 from ssfilter.inference.runtimes import ONNX_RUNTIME, OPENVINO, Runtime
 
@@ -151,6 +154,9 @@ def parity_inputs(
 ) -> tuple[np.ndarray, int]:
     """``[M, 3, crop, crop]`` float32 parity inputs (real images first) and the number of real ones.
 
+    For a tiled run the real inputs are tiles: the first and the last tile of each image (its two
+    corners), cut as the torch-free predictor cuts them (:mod:`ssfilter.inference.exported_tiles`).
+
     Args:
         cfg: The run's config (resize and crop).
         data: The run's training data root, whose ``train`` images are used when ``check_images`` is
@@ -160,8 +166,6 @@ def parity_inputs(
     Raises:
         ValueError: when ``check_images`` holds no readable image.
     """
-    # The training transform with an identity normalisation: exactly the graph's input.
-    transform = build_image_transform(cfg.data.resize, cfg.data.crop, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     candidates: list[Path] = []
     if check_images is not None:
         candidates = scan_images(check_images)
@@ -172,14 +176,17 @@ def parity_inputs(
 
         with contextlib.suppress(FileNotFoundError, ValueError):
             candidates = [Path(s.path) for s in discover(data, "train")]
+    to_inputs = _input_maker(cfg)
     real: list[np.ndarray] = []
+    used = 0
     for path in candidates:
-        if len(real) >= MAX_CHECK_IMAGES:
+        if used >= MAX_CHECK_IMAGES:
             break
         try:
-            real.append(transform(read_image(path)).numpy())
+            real.extend(to_inputs(read_image(path)))
         except ImageReadError:
             continue
+        used += 1
     if check_images is not None and not real:
         raise ValueError(f"no readable image under --check-images {check_images}")
     if not real:
@@ -188,6 +195,22 @@ def parity_inputs(
     crop = cfg.data.crop
     noise = rng.random((N_RANDOM, 3, crop, crop), dtype=np.float32)
     return np.concatenate([np.stack(real), noise]) if real else noise, len(real)
+
+
+def _input_maker(cfg: Config) -> Callable[[Image.Image], list[np.ndarray]]:
+    """What turns one image into graph inputs: its crop, or its first and last tile (tiled runs)."""
+    data = cfg.data
+    if data.coverage == "tiles":
+
+        def corner_tiles(image: Image.Image) -> list[np.ndarray]:
+            x = scaled_input(image, data.tile_scale, data.crop)
+            windows = TileGrid(x.shape[1], x.shape[2], data.crop, data.tile_overlap).windows(x)
+            return [np.ascontiguousarray(w) for w in (windows[0], windows[-1])][: len(windows)]
+
+        return corner_tiles
+    # The training transform with an identity normalisation: exactly the graph's input.
+    transform = build_image_transform(data.resize, data.crop, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return lambda image: [transform(image).numpy()]
 
 
 def batches(x: np.ndarray, batch_size: int | None) -> Iterator[tuple[np.ndarray, int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,7 +42,7 @@ def test_scaled_size_keeps_the_aspect_and_holds_one_tile() -> None:
 def test_cut_then_stitch_gives_the_image_back() -> None:
     grid = TileGrid(100, 150, 64, 0.25)
     image = torch.rand(1, 100, 150)
-    tiles = grid.cut(image)
+    tiles = torch.stack(grid.windows(image))
     assert tiles.shape == (len(grid), 1, 64, 64)
     assert torch.allclose(grid.stitch(tiles[:, 0]), image[0])
 
@@ -61,3 +62,13 @@ def test_tiles_holding_a_mask_pixel() -> None:
     mask[10, 190] = 1  # only the last tile
     hits = grid.box_mask_any(mask)
     assert hits[-1] and not any(hits[:-1])
+
+
+def test_numpy_maps_stitch_like_tensors() -> None:
+    grid = TileGrid(100, 150, 64, 0.25)
+    maps = torch.rand(len(grid), 64, 64)
+    got = grid.stitch(maps.numpy())
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_allclose(got, grid.stitch(maps).numpy(), rtol=1e-6)
+    windows = grid.windows(got)
+    assert len(windows) == len(grid) and all(w.shape == (64, 64) for w in windows)
