@@ -219,6 +219,7 @@ class Detector:
         quarantine: str | Path | None = None,
         dry_run: bool = False,
         uncertainty: str = "per-batch",
+        pool: int | None = None,
         decision: str | None = None,
         outlier_k: float | None = None,
     ) -> dict[str, Any]:
@@ -239,6 +240,8 @@ class Detector:
             quarantine: Folder to receive the suspects for review (must not exist or be empty).
             dry_run: Write the lists and the report only, no folder.
             uncertainty: The paper's ``"per-batch"`` MC-dropout passes (default) or ``"per-image"`` (fast).
+            pool: MC passes per image of the ``"per-image"`` bank (default ``4 K``; more passes come
+                closer to the paper's decisions, see the README).
             decision: ``"vote"`` (kappa_2) or ``"outlier"`` (a cut over the whole folder); default from
                 ``dataset_filter.decision``.
             outlier_k: Robust sd of the outlier cut (default ``dataset_filter.outlier_k``).
@@ -250,7 +253,7 @@ class Detector:
             RunExistsError, FileExistsError: a destination is taken (``check_filter_destinations``).
         """
         check_filter_destinations(out, export_clean, overwrite, quarantine)
-        opts = {"quarantine": quarantine, "dry_run": dry_run, "uncertainty": uncertainty}
+        opts = {"quarantine": quarantine, "dry_run": dry_run, "uncertainty": uncertainty, "pool": pool}
         opts |= {"decision": decision, "outlier_k": outlier_k}
         model = self._ensure_model()
         samples, skipped = self._filter_samples_and_skipped(data)

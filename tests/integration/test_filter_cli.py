@@ -131,6 +131,14 @@ def test_train_noisy_then_filter_and_export(
     assert all("robust z" in r["reason"] for r in c_rows if r["decision"] == "anomalous")
     assert "robust standard deviations" in (tmp_path / "cut" / "report.html").read_text(encoding="utf-8")
 
+    # --uncertainty per-image --pool N: the bank's size reaches the filter and filter.json
+    pool_args = ["--out", str(tmp_path / "pool"), "--uncertainty", "per-image", "--pool", "5", "--dry-run"]
+    assert main([*base, *pool_args]) == 0
+    settings = json.loads((tmp_path / "pool" / "filter.json").read_text())["settings"]
+    assert settings["uncertainty"] == "per-image" and settings["pool"] == 5
+    assert main([*base, "--out", str(tmp_path / "pool2"), "--pool", "5", "--dry-run"]) != 0  # per-batch
+    assert not (tmp_path / "pool2" / "filter.json").exists()
+
     # the exported folder is itself a valid ssfilter training folder
     assert (
         main(

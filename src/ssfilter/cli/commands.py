@@ -174,6 +174,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
         quarantine=args.quarantine,
         dry_run=args.dry_run,
         uncertainty=args.uncertainty,
+        pool=args.pool,
         decision=args.decision,
         outlier_k=args.outlier_k,
     )

@@ -194,6 +194,14 @@ def _add_filter(sub: argparse._SubParsersAction) -> None:
         "the paper's, not equal: see the README)",
     )
     p.add_argument(
+        "--pool",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --uncertainty per-image: MC-dropout passes per image in the bank (default 4K; at least "
+        "K; larger comes closer to the paper's decisions and costs more)",
+    )
+    p.add_argument(
         "--decision",
         choices=("vote", "outlier"),
         default=None,

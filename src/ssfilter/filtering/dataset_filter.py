@@ -274,6 +274,10 @@ class DatasetFilter:
                 f"uncertainty must be one of {', '.join(UNCERTAINTY_MODES)}, got {uncertainty!r}"
             )
         self.uncertainty = uncertainty
+        if pool is not None and uncertainty != "per-image":
+            raise ValueError(
+                f"pool sets the per-image bank; it has no effect with uncertainty={uncertainty!r}"
+            )
         self.pool = POOL_PER_PASS * passes if pool is None else int(pool)
         if self.pool < passes:
             raise ValueError(f"pool must be at least the MC passes K = {passes}, got {self.pool}")

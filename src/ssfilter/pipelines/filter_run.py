@@ -98,6 +98,7 @@ def filter_folder(
     report: bool = True,
     progress: bool = True,
     uncertainty: str = "per-batch",
+    pool: int | None = None,
     decision: str | None = None,
     outlier_k: float | None = None,
 ) -> FilterRecords:
@@ -120,6 +121,7 @@ def filter_folder(
         report: Also write ``report.html`` (the demo writes a combined page of its own).
         progress: Show a progress bar.
         uncertainty: The paper's ``"per-batch"`` MC passes (default) or ``"per-image"`` ones (fast).
+        pool: MC passes per image of the ``"per-image"`` bank (default ``4 K``).
         decision: ``"vote"`` or ``"outlier"`` (default ``cfg.dataset_filter.decision``).
         outlier_k: The outlier cut's robust sd (default ``cfg.dataset_filter.outlier_k``).
 
@@ -136,6 +138,7 @@ def filter_folder(
         device=device,
         progress=progress,
         uncertainty=uncertainty,
+        pool=pool,
         decision=decision,
         outlier_k=outlier_k,
     )

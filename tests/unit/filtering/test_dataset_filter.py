@@ -223,6 +223,8 @@ def test_uncertainty_modes_are_recorded_and_differ_only_in_u(model, cfg, samples
         filter_dataset(model, samples, cfg, progress=False, uncertainty="per-image", pool=1)
     with pytest.raises(ValueError, match="uncertainty"):
         filter_dataset(model, samples, cfg, progress=False, uncertainty="per-epoch")
+    with pytest.raises(ValueError, match="no effect"):  # a pool only sizes the per-image bank
+        filter_dataset(model, samples, cfg, progress=False, pool=6)
 
 
 @pytest.fixture(scope="module")
