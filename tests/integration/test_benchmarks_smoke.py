@@ -140,3 +140,24 @@ def test_tiling_benchmark_counts_tiles_and_times_them(tmp_path: Path, capsys) ->
     assert out["tiles@1"]["tiles"] == 3 and out["tiles@1"]["size"] == [160, 64]
     assert out["tiles@0.01"]["size"] == [160, 64]  # the short side is already one tile
     assert out["tiles@1"]["seconds_per_image"] > 0 and out["tiles@1"]["ratio_to_whole"] > 0
+
+
+def test_material_choices_benchmark_compares_regions_and_foregrounds(
+    synthetic_mvtec: Path, tmp_path: Path, tiny_config, capsys
+) -> None:
+    import json
+
+    from benchmarks.bench_material_choices import main as bench_main
+    from ssfilter.api import Detector
+
+    tiny_config.train.method, tiny_config.train.iters = "dinomaly", 2
+    tiny_config.calibration.after_training = False
+    Detector(tiny_config).fit(synthetic_mvtec, tmp_path / "run", progress=False, noise=0.5, overlap=True)
+    assert bench_main(["--run", str(tmp_path / "run")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    regions, fg = out["regions"], out["foreground"]
+    assert regions["n"] == 3 and fg["n"] == 8  # 3 injected defects (half of 6), 8 good training images
+    assert 0.0 < regions["iou"] <= 1.0 and 0.0 <= regions["identical"] <= 1.0
+    assert regions["area_8"] >= regions["area_4"] > 0  # a 4-connected region lies inside the 8-connected one
+    assert 0.0 <= regions["purity_8"] <= 1.0 and 0.0 <= regions["purity_4"] <= 1.0
+    assert 0.0 <= fg["iou"] <= 1.0 and 0.0 <= fg["whole_image_group0"] <= 1.0

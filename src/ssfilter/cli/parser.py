@@ -185,6 +185,16 @@ def _add_filter(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write filter.csv/json and the report only; no --export-clean / --quarantine folder",
     )
+    _add_filter_scoring(p)
+    add_data_format_options(p, categories=False)
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the results of an earlier filter in --out"
+    )
+
+
+def _add_filter_scoring(p: argparse.ArgumentParser) -> None:
+    """How ``ssfilter filter`` scores and decides: the uncertainty protocol and the decision rule."""
     p.add_argument(
         "--uncertainty",
         choices=("per-image", "per-batch"),
@@ -213,11 +223,6 @@ def _add_filter(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="with --decision outlier: robust standard deviations above the folder's median (default 4)",
-    )
-    add_data_format_options(p, categories=False)
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace the results of an earlier filter in --out"
     )
 
 

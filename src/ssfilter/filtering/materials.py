@@ -17,8 +17,12 @@ from torch import Tensor
 
 __all__ = ["Material", "extract_material", "extract_materials"]
 
-#: 8-connectivity structuring element for :func:`scipy.ndimage.label` (diagonal neighbours join a region).
-_EIGHT_CONNECTED: np.ndarray = np.ones((3, 3), dtype=bool)
+#: Structuring elements of :func:`scipy.ndimage.label` by connectivity: 8 (diagonal neighbours join a
+#: region; ssfilter's default) or 4 (scipy's default, what the official code gets).
+_STRUCTURES: dict[int, np.ndarray] = {
+    8: np.ones((3, 3), dtype=bool),
+    4: ndimage.generate_binary_structure(2, 1),
+}
 
 
 @dataclass
@@ -44,13 +48,14 @@ def extract_material(
     max_ratio: float = 0.8,
     percentile: float = 99.0,
     source_index: int = -1,
+    connectivity: int = 8,
 ) -> Material | None:
     """Cut the connected anomalous region around the peak of ``acc_map`` out of ``image`` (Eq. 11).
 
     The map is min-max normalised to [0, 1]; ``T_p = min(max_ratio * max, percentile-th percentile)`` (the
     percentile caps the threshold so the material is never a handful of pixels, paper Table 7); the region is
-    the 8-connected component of ``map >= T_p`` that contains the peak (first arg-max on ties). Non-finite
-    map values are treated as the map's minimum.
+    the 8-connected (``connectivity``) component of ``map >= T_p`` that contains the peak (first arg-max on
+    ties). Non-finite map values are treated as the map's minimum.
 
     Args:
         image: Normalised image ``[3, H, W]``.
@@ -58,6 +63,8 @@ def extract_material(
         max_ratio: Factor of the (normalised) maximum in ``T_p`` (paper: 0.8, Table 7).
         percentile: Percentile in ``T_p``, in [0, 100] (paper: 99).
         source_index: Stored in the material, for logging.
+        connectivity: 8 (default) or 4 neighbours join a region (``benchmarks.bench_material_choices``
+            measures the difference).
 
     Returns:
         The material, or ``None`` when the map is constant (no anomaly to locate) or has no finite value.
@@ -73,6 +80,8 @@ def extract_material(
         )
     if not 0.0 <= percentile <= 100.0:
         raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    if connectivity not in _STRUCTURES:
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
 
     values = acc_map.detach().to("cpu", torch.float64).numpy()
     finite = np.isfinite(values)
@@ -85,7 +94,7 @@ def extract_material(
 
     threshold = min(max_ratio * float(norm.max()), float(np.percentile(norm, percentile)))
     row, col = np.unravel_index(int(np.argmax(norm)), norm.shape)
-    labels, _ = ndimage.label(norm >= threshold, structure=_EIGHT_CONNECTED)
+    labels, _ = ndimage.label(norm >= threshold, structure=_STRUCTURES[connectivity])
     peak_label = labels[row, col]
     if peak_label == 0:  # cannot happen for a finite map (the peak is >= T_p); kept as a guard
         return None

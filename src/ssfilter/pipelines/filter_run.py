@@ -148,18 +148,7 @@ def filter_folder(
     entries = dict(extra or {})
     entries["contamination"] = contamination_entry(records)
     entries["dry_run"] = dry_run
-    n_removed = sum(r.decision == "anomalous" for r in records)
-    n_kept = len(records) - n_removed
-    if dry_run:
-        if export_clean is not None:
-            entries["export_clean_planned"] = {"folder": str(export_clean), "images": n_kept}
-        if quarantine is not None:
-            entries["quarantine_planned"] = {"folder": str(quarantine), "images": n_removed}
-    else:
-        if export_clean is not None:
-            entries["export_clean"] = str(export_clean_folder(records, export_clean, source_root=source_root))
-        if quarantine is not None:
-            entries["quarantine"] = str(export_quarantine(records, quarantine, source_root=source_root))
+    entries |= _lay_out(records, dry_run, export_clean, quarantine, source_root)
     out_dir = Path(out)
     if skipped or report:
         write_skipped_csv(skipped, out_dir / SKIPPED_FILE)
@@ -168,6 +157,30 @@ def filter_folder(
         summary = {**summarize(records), "contamination": entries["contamination"]}
         write_filter_report(out_dir, records, summary, heatmaps=suspect_heatmaps(model, cfg, records))
     return records
+
+
+def _lay_out(
+    records: FilterRecords,
+    dry_run: bool,
+    export_clean: str | os.PathLike[str] | None,
+    quarantine: str | os.PathLike[str] | None,
+    source_root: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """Lay out the clean and quarantine folders (or, in a dry run, say what they would hold)."""
+    entries: dict[str, Any] = {}
+    n_removed = sum(r.decision == "anomalous" for r in records)
+    n_kept = len(records) - n_removed
+    if dry_run:
+        if export_clean is not None:
+            entries["export_clean_planned"] = {"folder": str(export_clean), "images": n_kept}
+        if quarantine is not None:
+            entries["quarantine_planned"] = {"folder": str(quarantine), "images": n_removed}
+        return entries
+    if export_clean is not None:
+        entries["export_clean"] = str(export_clean_folder(records, export_clean, source_root=source_root))
+    if quarantine is not None:
+        entries["quarantine"] = str(export_quarantine(records, quarantine, source_root=source_root))
+    return entries
 
 
 @torch.no_grad()

@@ -89,6 +89,10 @@ def test_eight_connectivity_joins_diagonal_pixels() -> None:
     material = extract_material(_image(), acc, percentile=100.0)
     assert material is not None
     assert torch.equal(material.mask, torch.eye(3, dtype=torch.bool))
+    four = extract_material(_image(), acc, percentile=100.0, connectivity=4)  # scipy's default
+    assert four is not None and torch.equal(four.mask, torch.ones(1, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="connectivity"):
+        extract_material(_image(), acc, connectivity=6)
 
 
 def test_crop_is_a_copy_of_the_source_pixels() -> None:
