@@ -11,6 +11,11 @@ produce without any deep-learning library:
 * outputs ``maps``: ``float32 [N, 1, S, S]`` raw anomaly maps (``S = data.eval_size``) and
   ``scores``: ``float32 [N]`` raw image scores -- the numbers ``ssfilter evaluate`` and ``predict`` use.
 
+A tiled run (``data.coverage = "tiles"``) exports the graph of one tile: its inputs are ``crop x crop``
+tiles and its maps stay at tile resolution (``tile_map_size``); the torch-free predictors scale, cut and
+stitch around it as evaluation does (:mod:`ssfilter.inference.exported_tiles`), from the ``coverage``,
+``tile_scale`` and ``tile_overlap`` the metadata records.
+
 The file's ``metadata_props`` hold everything a runtime needs to use it: the ssfilter version, crop,
 resize, eval size, mean/std, the run's calibration (OK/NG threshold and fixed heat-map scale, as the
 JSON of :meth:`~ssfilter.inference.calibration.Calibration.to_dict`) and the parity figures measured
