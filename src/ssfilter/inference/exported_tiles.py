@@ -27,7 +27,14 @@ from PIL import Image
 
 from ssfilter.data.tiling import TileGrid, scaled_size
 
-__all__ = ["TileSettings", "resize_bilinear", "scaled_input", "stitched_outputs", "topk_mean"]
+__all__ = [
+    "TileSettings",
+    "image_array",
+    "resize_bilinear",
+    "scaled_input",
+    "stitched_outputs",
+    "topk_mean",
+]
 
 #: Share of a window's values averaged into its score (the top 1%, as every image score of ssfilter).
 SCORE_TOPK_RATIO = 0.01
@@ -58,6 +65,17 @@ class TileSettings:
         """The tiles of a scaled image of ``height x width``."""
         return TileGrid(height, width, self.tile, self.overlap)
 
+    def cut(self, image: Image.Image) -> tuple[TileGrid, np.ndarray]:
+        """The scaled image's grid and its tiles ``float32 [T, 3, tile, tile]`` in [0, 1] (graph inputs)."""
+        x = scaled_input(image, self.scale, self.tile)
+        grid = self.grid(x.shape[1], x.shape[2])
+        return grid, np.stack(grid.windows(x))
+
+
+def image_array(image: Image.Image) -> np.ndarray:
+    """``float32 [3, H, W]`` in [0, 1] of an 8-bit RGB image (what torchvision's ``ToTensor`` gives)."""
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+
 
 def scaled_input(image: Image.Image, scale: float, tile: int) -> np.ndarray:
     """``float32 [3, H, W]`` in [0, 1]: the image resized like the run's ``ScaledTransform``, not normalised.
@@ -72,7 +90,7 @@ def scaled_input(image: Image.Image, scale: float, tile: int) -> np.ndarray:
     size = scaled_size(image.width, image.height, scale, tile)
     if size != image.size:
         image = image.resize(size, Image.BILINEAR)
-    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    return image_array(image)
 
 
 def topk_mean(values: np.ndarray, ratio: float = SCORE_TOPK_RATIO) -> np.ndarray:

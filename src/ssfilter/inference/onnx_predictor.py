@@ -38,7 +38,7 @@ from PIL import Image
 from ssfilter.data.images import ImageReadError, Skipped, read_image, scan_images
 from ssfilter.errors import CalibrationError
 from ssfilter.inference.calibration import Calibration
-from ssfilter.inference.exported_tiles import TileSettings, scaled_input, stitched_outputs
+from ssfilter.inference.exported_tiles import TileSettings, image_array, stitched_outputs
 from ssfilter.inference.prediction import Prediction, decide
 from ssfilter.inference.runtimes import (
     OnnxRuntimeSession,
@@ -119,8 +119,7 @@ def preprocess(image: Image.Image, resize: int, crop: int) -> np.ndarray:
         image = image.resize((resize, resize), Image.BILINEAR)
     top = int(round((resize - crop) / 2.0))
     left = int(round((resize - crop) / 2.0))
-    image = image.crop((left, top, left + crop, top + crop))
-    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    return image_array(image.crop((left, top, left + crop, top + crop)))
 
 
 class ExportedPredictor:
@@ -221,9 +220,8 @@ class ExportedPredictor:
             return self.run(np.stack([self.preprocess(image) for image in images]))
         scores, maps = [], []
         for image in images:
-            x = scaled_input(image, self.tiles.scale, self.tiles.tile)
-            grid = self.tiles.grid(x.shape[1], x.shape[2])
-            full_map, score = stitched_outputs(grid, self.run(np.stack(grid.windows(x)))[1], self.eval_size)
+            grid, tiles = self.tiles.cut(image)
+            full_map, score = stitched_outputs(grid, self.run(tiles)[1], self.eval_size)
             scores.append(score)
             maps.append(full_map)
         return np.asarray(scores, dtype=np.float32), np.stack(maps)

@@ -31,11 +31,10 @@ from PIL import Image
 
 from ssfilter.config import Config
 from ssfilter.data.images import ImageReadError, read_image, scan_images
-from ssfilter.data.tiling import TileGrid
 from ssfilter.data.transforms import build_image_transform
 from ssfilter.errors import SSFilterError
 from ssfilter.inference.calibration import Calibration
-from ssfilter.inference.exported_tiles import scaled_input
+from ssfilter.inference.exported_tiles import TileSettings
 from ssfilter.inference.graph import INPUT_NAME, OUTPUT_NAMES, InferenceGraph
 from ssfilter.inference.runtimes import ONNX_RUNTIME, OPENVINO, Runtime
 
@@ -201,11 +200,11 @@ def _input_maker(cfg: Config) -> Callable[[Image.Image], list[np.ndarray]]:
     """What turns one image into graph inputs: its crop, or its first and last tile (tiled runs)."""
     data = cfg.data
     if data.coverage == "tiles":
+        settings = TileSettings(data.tile_scale, data.tile_overlap, data.crop)
 
         def corner_tiles(image: Image.Image) -> list[np.ndarray]:
-            x = scaled_input(image, data.tile_scale, data.crop)
-            windows = TileGrid(x.shape[1], x.shape[2], data.crop, data.tile_overlap).windows(x)
-            return [np.ascontiguousarray(w) for w in (windows[0], windows[-1])][: len(windows)]
+            tiles = settings.cut(image)[1]
+            return [tiles[0], tiles[-1]][: len(tiles)]
 
         return corner_tiles
     # The training transform with an identity normalisation: exactly the graph's input.

@@ -94,3 +94,12 @@ def test_tile_settings_from_metadata() -> None:
     )
     assert tiles == TileSettings(0.5, 0.25, 64)
     assert len(tiles.grid(64, 200)) == len(TileGrid(64, 200, 64, 0.25)) == 4
+
+
+def test_cut_gives_the_scaled_images_tiles_in_box_order() -> None:
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (90, 200, 3), dtype=np.uint8))
+    grid, tiles = TileSettings(1.0, 0.25, 64).cut(image)
+    x = scaled_input(image, 1.0, 64)
+    assert (grid.height, grid.width) == x.shape[1:] and tiles.shape == (len(grid), 3, 64, 64)
+    for (top, left), tile in zip(grid.boxes, tiles, strict=True):
+        np.testing.assert_array_equal(tile, x[:, top : top + 64, left : left + 64])
