@@ -28,10 +28,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -340,14 +342,23 @@ def run(ctx: Context) -> list[Row]:
 # -- agreement on a trained run (python -m benchmarks.bench_filter --run RUN) ------------------------------
 
 
-def _run_samples(run_dir: Path, data: Path | None) -> tuple[Any, list[Any]]:
-    """The trained run and the images to filter: ``data``, else the run's (noisy) training set."""
+def _run_samples(run_dir: Path, data: Path | None, split: Path | None = None) -> tuple[Any, list[Any]]:
+    """The trained run and the images to filter.
+
+    ``data`` (with ``split``: the noisy training set the split made of it), else the run's own (noisy)
+    training set.
+    """
     from ssfilter.data.noise import NoiseSplit, apply_split
     from ssfilter.data.validation import prepare_training_samples
     from ssfilter.inference.run import load_run_folder
     from ssfilter.runfolder import NOISE_SPLIT_FILE
 
     loaded = load_run_folder(run_dir, "cpu", calibration="skip")
+    if split is not None:
+        root = data if data is not None else loaded.data
+        if root is None:
+            raise SystemExit(f"{run_dir} records no training data: pass --data with --split")
+        return loaded, apply_split(root, NoiseSplit.load(split))[0]
     if data is not None:
         return loaded, prepare_training_samples(data)[0]
     split = run_dir / NOISE_SPLIT_FILE
@@ -370,6 +381,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_filter", description=main.__doc__)
     p.add_argument("--run", type=Path, required=True, help="trained run folder")
     p.add_argument("--data", type=Path, default=None, help="folder to filter (default: the run's)")
+    p.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        help="noise_split.json to rebuild the noisy training set from --data (a benchmark run keeps it "
+        "next to its ssfilter folder)",
+    )
+    p.add_argument(
+        "--paper-csv",
+        type=Path,
+        default=None,
+        help="take the paper protocol's decisions from this filter.csv of the same images and seed (e.g. a "
+        "benchmark's alpha_A/filter/filter.csv) instead of running it (no speed-up ratio then)",
+    )
     p.add_argument("--subset", type=int, default=0, help="first N normal images + all anomalous (0: all)")
     p.add_argument("--epochs", type=int, default=None, help="kappa_1 (default: the run's config)")
     p.add_argument("--min-keep", type=int, default=None, help="kappa_2 (default: the run's config)")
@@ -383,7 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = p.parse_args(argv)
-    loaded, samples = _run_samples(args.run, args.data)
+    if args.paper_csv is not None and args.outlier:
+        p.error("--outlier re-decides the paper protocol's own scores: run it instead of --paper-csv")
+    loaded, samples = _run_samples(args.run, args.data, args.split)
     if args.subset:
         normal = [x for x in samples if x.label != 1][: args.subset]
         samples = normal + [x for x in samples if x.label == 1]
@@ -407,13 +434,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "K": k,
         "threads": torch.get_num_threads(),
     }
-    t_old, old = timed("per-batch")
-    out["per_batch"] = {"seconds": t_old, "summary": summarize(old)}
+    if args.paper_csv is not None:
+        t_old, old = math.nan, _records_from_csv(args.paper_csv, samples)
+        out["per_batch"] = {"seconds": None, "from": str(args.paper_csv)}
+    else:
+        t_old, old = timed("per-batch")
+        out["per_batch"] = {"seconds": t_old, "summary": summarize(old)}
     for pool in pools:
         t_new, new = timed("per-image", pool)
         out[f"per_image_pool{pool}"] = {
             "seconds": t_new,
-            "speedup": t_old / t_new,
+            "speedup": None if math.isnan(t_old) else t_old / t_new,
             "agreement": agreement(old, new),
             "summary": summarize(new),
         }
@@ -444,6 +475,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(text + "\n", encoding="utf-8")
     return 0
+
+
+def _records_from_csv(path: Path, samples: Sequence[Any]) -> list[SimpleNamespace]:
+    """The decisions and keep counts of a written ``filter.csv``, in the order of ``samples``."""
+    from ssfilter.io import read_csv_rows
+
+    rows = {row["path"]: row for row in read_csv_rows(path)}
+    missing = [str(s.path) for s in samples if str(s.path) not in rows]
+    if missing or len(rows) != len(samples):
+        raise SystemExit(f"{path} does not hold the same images ({len(missing)} missing, {len(rows)} rows)")
+    return [
+        SimpleNamespace(
+            path=str(s.path),
+            decision=rows[str(s.path)]["decision"],
+            times_kept=int(rows[str(s.path)]["times_kept"]),
+        )
+        for s in samples
+    ]
 
 
 def _decided(records: FilterRecords, k: float) -> FilterRecords:

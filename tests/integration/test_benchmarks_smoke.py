@@ -161,3 +161,42 @@ def test_material_choices_benchmark_compares_regions_and_foregrounds(
     assert regions["area_8"] >= regions["area_4"] > 0  # a 4-connected region lies inside the 8-connected one
     assert 0.0 <= regions["purity_8"] <= 1.0 and 0.0 <= regions["purity_4"] <= 1.0
     assert 0.0 <= fg["iou"] <= 1.0 and 0.0 <= fg["whole_image_group0"] <= 1.0
+
+
+def _last_document(text: str) -> dict:
+    """The last of the JSON documents ``bench_filter`` printed (it prints the result after every pool)."""
+    import json
+
+    return json.loads(text[text.rindex('{\n "run"') :])
+
+
+def test_filter_benchmark_compares_per_image_with_a_written_paper_run(
+    synthetic_mvtec: Path, tmp_path: Path, tiny_config, capsys
+) -> None:
+
+    from benchmarks.bench_filter import main as bench_main
+    from ssfilter.api import Detector
+    from ssfilter.cli import main as cli_main
+    from ssfilter.io import read_csv_rows
+
+    tiny_config.train.iters, tiny_config.train.seed = 2, 0
+    tiny_config.calibration.after_training = False
+    run = tmp_path / "run"
+    Detector(tiny_config).fit(synthetic_mvtec, run, progress=False, noise=0.5, overlap=True)
+    # The paper protocol's decisions, written by the CLI (same images, same seed as the benchmark's).
+    paper = tmp_path / "paper"
+    assert cli_main(["filter", "--run", str(run), "--out", str(paper), "--epochs", "3", "--min-keep", "0",
+                     "--dry-run", "-q"]) == 0  # fmt: skip
+    common = ["--run", str(run), "--epochs", "3", "--min-keep", "0", "--pools", "3"]
+    assert bench_main(common) == 0
+    ran = _last_document(capsys.readouterr().out)
+    assert ran["per_batch"]["seconds"] > 0 and ran["per_image_pool3"]["speedup"] > 0
+    # Read from the CSV instead (the split given explicitly, as for a benchmark's run folder).
+    args = [*common, "--data", str(synthetic_mvtec), "--split", str(run / "noise_split.json")]
+    assert bench_main([*args, "--paper-csv", str(paper / "filter.csv")]) == 0
+    read = _last_document(capsys.readouterr().out)
+    assert read["per_batch"]["seconds"] is None and read["per_image_pool3"]["speedup"] is None
+    removed = sum(row["decision"] == "anomalous" for row in read_csv_rows(paper / "filter.csv"))
+    assert read["per_image_pool3"]["agreement"]["removed_a"] == removed
+    # The CLI's run and the benchmark's own paper run are the same computation.
+    assert read["per_image_pool3"]["agreement"] == ran["per_image_pool3"]["agreement"]
