@@ -200,3 +200,36 @@ def test_filter_benchmark_compares_per_image_with_a_written_paper_run(
     assert read["per_image_pool3"]["agreement"]["removed_a"] == removed
     # The CLI's run and the benchmark's own paper run are the same computation.
     assert read["per_image_pool3"]["agreement"] == ran["per_image_pool3"]["agreement"]
+
+
+def test_filter_bounds_read_the_best_cut_of_each_score(tmp_path: Path, capsys) -> None:
+    import json
+
+    import numpy as np
+
+    from benchmarks.filter_bounds import best_recall
+    from benchmarks.filter_bounds import main as bounds_main
+    from ssfilter.data.noise import NoiseSplit
+
+    # 10 good images scored 0..9, 4 defects scored 3.5, 8.5, 20, 30: keeping 90% of the good images cuts
+    # above 8 (two defects above it), keeping 100% cuts above 9 (still two).
+    good, bad = np.arange(10.0), np.array([3.5, 8.5, 20.0, 30.0])
+    scores, labels = np.concatenate([good, bad]), np.array([0] * 10 + [1] * 4)
+    assert best_recall(scores, labels, 0.9) == 0.75 and best_recall(scores, labels, 1.0) == 0.5
+    assert best_recall(scores, labels, 0.5) == 0.75  # the cut above 4 leaves 3.5 below it
+    paths = [tmp_path / f"{i}.png" for i in range(14)]
+    lines = ["path,times_seen,times_kept,mean_score,mean_uncertainty,decision,rank,reason"]
+    lines += [
+        f"{p},20,{20 - int(s) // 2},{s},nan,normal,{i + 1},"
+        for i, (p, s) in enumerate(zip(paths, scores, strict=True))
+    ]
+    (tmp_path / "filter.csv").write_text("\n".join(lines) + "\n")
+    NoiseSplit(alpha=0.4, overlap=True, seed=0, injected=[str(p) for p in paths[10:]], test=[]).save(
+        tmp_path / "s.json"
+    )
+    args = ["--csv", str(tmp_path / "filter.csv"), "--split", str(tmp_path / "s.json"), "--kept", "0.9"]
+    assert bounds_main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["injected"] == 4 and set(out["scores"]) == {"mean A", "keep count"}  # U is NaN: left out
+    assert out["scores"]["mean A"]["recall_at_90_kept"] == 0.75
+    assert 0.5 < out["scores"]["mean A"]["auroc"] < 1.0
