@@ -8,6 +8,11 @@ cut are the most it can remove. This reads a written ``filter.csv`` and the ``no
 which images were injected, and prints for each score (mean ``A``, mean ``U``, the keep count of the vote)
 its AUROC and that best recall at each ``q``: a bound set by the scores, not by a threshold rule.
 
+Next to the bounds it prints what the folder's robust cut (``--decision outlier``: clipped median and
+MAD of the log-scores, :func:`~ssfilter.filtering.folder_decision.clipped_median_scale`) removes and
+keeps at each ``--k`` on mean ``A``, on mean ``U`` and on either of them, so that a fixed rule can be read
+against its bound on every run without choosing ``k`` on any one of them.
+
 Example (the README's dataset filter section)::
 
     python -m benchmarks.filter_bounds --csv BENCH/alpha_0.2/filter/filter.csv
@@ -25,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from ssfilter.data.noise import NoiseSplit
+from ssfilter.filtering.folder_decision import clipped_median_scale
 from ssfilter.io import read_csv_rows
 
-__all__ = ["best_recall", "main", "score_bounds"]
+__all__ = ["best_recall", "folder_cuts", "main", "score_bounds"]
 
 #: Scores of a filter.csv, higher = more suspect (the keep count is negated: fewer keeps = more suspect).
 SCORES = {
@@ -67,12 +73,40 @@ def score_bounds(
     return out
 
 
+def _robust_z(values: np.ndarray, k: float) -> np.ndarray:
+    """Robust z of the log-scores against the folder's clipped median and scale at ``k``."""
+    logs = np.log(np.clip(values, 1e-12, None))
+    med, scale = clipped_median_scale(logs, k)
+    return (logs - med) / scale if scale > 0 else np.zeros_like(logs)
+
+
+def folder_cuts(
+    rows: Sequence[dict[str, str]], injected: set[str], ks: Sequence[float]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Share of defects removed and good images kept by the robust cut at each ``k`` (A, U, A or U)."""
+    labels = np.array([int(Path(r["path"]).resolve().as_posix() in injected) for r in rows])
+    columns = {"mean A": "mean_score", "mean U": "mean_uncertainty"}
+    values = {n: np.array([float(r[c]) for r in rows]) for n, c in columns.items()}
+    values = {n: v for n, v in values.items() if np.isfinite(v).all() and (v > 0).all()}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for k in ks:
+        flags = {n: _robust_z(v, k) > k for n, v in values.items()}
+        if len(flags) == 2:
+            flags["mean A or mean U"] = flags["mean A"] | flags["mean U"]
+        for name, cut in flags.items():
+            removed = float(cut[labels == 1].mean()) if (labels == 1).any() else float("nan")
+            kept = float((~cut[labels == 0]).mean()) if (labels == 0).any() else float("nan")
+            out.setdefault(name, {})[f"k={k:g}"] = {"removed": removed, "kept": kept}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the bounds of one filter run as JSON; see the module docstring."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.filter_bounds", description=__doc__)
     p.add_argument("--csv", type=Path, required=True, help="a dataset filter's filter.csv")
     p.add_argument("--split", type=Path, required=True, help="the noise_split.json of the filtered set")
     p.add_argument("--kept", default="0.93,0.95,0.97", help="comma separated shares of good images kept")
+    p.add_argument("--k", default="3,4,5", help="comma separated k of the folder's robust cut")
     args = p.parse_args(argv)
     rows = read_csv_rows(args.csv)
     injected = {Path(x).resolve().as_posix() for x in NoiseSplit.load(args.split).injected}
@@ -82,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "n": len(rows),
         "injected": sum(Path(r["path"]).resolve().as_posix() in injected for r in rows),
         "scores": score_bounds(rows, injected, kept),
+        "folder_cuts": folder_cuts(rows, injected, [float(x) for x in args.k.split(",") if x.strip()]),
     }
     print(json.dumps(result, indent=1))
     return 0

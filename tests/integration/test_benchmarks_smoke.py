@@ -233,3 +233,24 @@ def test_filter_bounds_read_the_best_cut_of_each_score(tmp_path: Path, capsys) -
     assert out["injected"] == 4 and set(out["scores"]) == {"mean A", "keep count"}  # U is NaN: left out
     assert out["scores"]["mean A"]["recall_at_90_kept"] == 0.75
     assert 0.5 < out["scores"]["mean A"]["auroc"] < 1.0
+
+
+def test_filter_bounds_folder_cuts_remove_far_outliers_and_keep_the_bulk(tmp_path: Path) -> None:
+    import numpy as np
+
+    from benchmarks.filter_bounds import folder_cuts
+
+    rng = np.random.default_rng(0)
+    # 60 good images: log-normal A and U; 5 defects: A far above the bulk, U inside it.
+    a = np.concatenate([np.exp(rng.normal(0.0, 0.1, 60)), np.full(5, np.exp(2.0))])
+    u = np.exp(rng.normal(0.0, 0.1, 65))
+    rows = [
+        {"path": str(tmp_path / f"{i}.png"), "mean_score": str(x), "mean_uncertainty": str(y)}
+        for i, (x, y) in enumerate(zip(a, u, strict=True))
+    ]
+    injected = {(tmp_path / f"{i}.png").resolve().as_posix() for i in range(60, 65)}
+    cuts = folder_cuts(rows, injected, [4.0])
+    assert cuts["mean A"]["k=4"] == {"removed": 1.0, "kept": 1.0}
+    assert cuts["mean U"]["k=4"]["removed"] == 0.0
+    assert cuts["mean A or mean U"]["k=4"]["removed"] == 1.0
+    assert cuts["mean A or mean U"]["k=4"]["kept"] <= cuts["mean U"]["k=4"]["kept"]

@@ -27,7 +27,7 @@ import numpy as np
 
 from ssfilter.filtering.filter_outputs import FilterRecord, OutlierCut
 
-__all__ = ["DECISIONS", "apply_outlier_decision", "outlier_cut"]
+__all__ = ["DECISIONS", "apply_outlier_decision", "clipped_median_scale", "outlier_cut"]
 
 #: Values of ``dataset_filter.decision``.
 DECISIONS = ("vote", "outlier")
@@ -59,7 +59,16 @@ def outlier_cut(records: Sequence[FilterRecord], k: float) -> OutlierCut | None:
     if found is None:
         return None
     name, x = found
-    logs = np.log(x[np.isfinite(x) & (x > 0)])
+    med, scale = clipped_median_scale(np.log(x[np.isfinite(x) & (x > 0)]), k)
+    return OutlierCut(name, med, scale, float(k))
+
+
+def clipped_median_scale(logs: np.ndarray, k: float) -> tuple[float, float]:
+    """Median and ``1.4826 MAD`` of ``logs``, re-computed without the values above ``median + k * scale``.
+
+    Repeated until nothing changes (one-sided sigma clipping), so that the values describe the bulk of
+    the folder (its normal images) even when many values lie in an upper tail.
+    """
     inside = np.ones(logs.size, dtype=bool)
     for _ in range(MAX_CLIP_ROUNDS):
         med, scale = _median_scale(logs[inside])
@@ -67,7 +76,7 @@ def outlier_cut(records: Sequence[FilterRecord], k: float) -> OutlierCut | None:
         if np.array_equal(now, inside) or now.sum() < 2:
             break
         inside = now
-    return OutlierCut(name, med, scale, float(k))
+    return med, scale
 
 
 def _median_scale(logs: np.ndarray) -> tuple[float, float]:
