@@ -58,6 +58,16 @@ def test_benchmark_cli_end_to_end(tmp_path: Path, synthetic_mvtec: Path, tiny_co
     assert "In-batch filter of the SSFilter run" in md
     assert (out / "alpha_0.25" / "noise_split.json").is_file()
     assert "results in" in capsys.readouterr().out
+    # The shared run records its data and split: `ssfilter filter` on it filters the same noisy training set.
+    run = out / "alpha_0.25" / "ssfilter"
+    assert json.loads((run / "noise_split.json").read_text()) == json.loads(
+        (out / "alpha_0.25" / "noise_split.json").read_text()
+    )
+    fargs = ["-q", "filter", "--run", str(run), "--dry-run"]
+    assert main([*fargs, "--epochs", "2", "--min-keep", "0", "--out", str(tmp_path / "f")]) == 0
+    n_train = next(r["n_train"] for r in rows if r["method"] == "patchcore" and r["alpha"] == 0.25)
+    filtered = json.loads((tmp_path / "f" / "filter.json").read_text())
+    assert filtered["n"] == n_train and filtered["noise_rate_before"] == 0.2
     page = (out / "report.html").read_text()
     assert "<td>patchcore+filter</td>" in page and "Dataset-level filter (per alpha)" in page
 

@@ -11,7 +11,9 @@ alpha.
 Outputs in ``out``: ``results.json`` (``{"rows": [{"method", "alpha", "overlap", "metrics", "filter"}]}``),
 ``results.md`` (I-AUROC/P-AUPRO per alpha and their mean, like the paper's tables, plus the
 filter-quality table of Fig. 4-5), ``report.html`` (the same tables as a self-contained page) and
-one folder per alpha with the runs.
+one folder per alpha with the runs. The shared SSFilter run (``alpha_A/ssfilter``) records its data and
+noise split like a ``ssfilter train --noise`` run, so ``ssfilter filter --run`` / ``evaluate --run`` on it
+see the same noisy training and test sets.
 
 A long benchmark can be interrupted: ``results.json`` is rewritten after every finished row, and
 ``resume=True`` keeps the finished rows, continues unfinished training runs from their last
@@ -42,7 +44,14 @@ from ssfilter.pipelines.methods import (
     train_run,
 )
 from ssfilter.reporting.benchmark_tables import results_tables
-from ssfilter.runfolder import FILTER_CSV, FILTER_JSON, FILTER_SUMMARY_FILE, NOISE_SPLIT_FILE, SKIPPED_FILE
+from ssfilter.runfolder import (
+    FILTER_CSV,
+    FILTER_JSON,
+    FILTER_SUMMARY_FILE,
+    NOISE_SPLIT_FILE,
+    SKIPPED_FILE,
+    write_data_record,
+)
 
 __all__ = ["parse_methods", "results_markdown", "run_benchmark"]
 
@@ -180,6 +189,10 @@ def _run_alpha(
     if filtered or any(registry[base_method(m)].needs_ssfilter_run for m in todo):
         t0 = time.perf_counter()
         ctx.ssfilter_model = train_run(cfg, "ssfilter", train, folder / "ssfilter", progress, resume)
+        # The shared run records its data and split, as `ssfilter train --noise` does: `ssfilter filter
+        # --run RUN` and `ssfilter evaluate --run RUN` then rebuild the same noisy training and test sets.
+        write_data_record(folder / "ssfilter", category.path, len(train), category.format)
+        split.save(folder / "ssfilter" / NOISE_SPLIT_FILE)
         ctx.ssfilter_seconds = round(time.perf_counter() - t0, 1)
         summary = folder / "ssfilter" / FILTER_SUMMARY_FILE
         ctx.ssfilter_in_batch = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None
