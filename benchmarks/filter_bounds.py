@@ -53,13 +53,18 @@ def best_recall(scores: np.ndarray, labels: np.ndarray, kept: float) -> float:
     return float((scores[labels == 1] > cut).mean())
 
 
+def _labels(rows: Sequence[dict[str, str]], injected: set[str]) -> np.ndarray:
+    """1 for the rows whose image was injected, else 0."""
+    return np.array([int(Path(r["path"]).resolve().as_posix() in injected) for r in rows])
+
+
 def score_bounds(
     rows: Sequence[dict[str, str]], injected: set[str], kept: Sequence[float]
 ) -> dict[str, dict[str, float | None]]:
     """AUROC and :func:`best_recall` at every ``kept`` share for each score of ``rows`` (filter.csv)."""
     from sklearn.metrics import roc_auc_score
 
-    labels = np.array([int(Path(r["path"]).resolve().as_posix() in injected) for r in rows])
+    labels = _labels(rows, injected)
     out: dict[str, dict[str, float | None]] = {}
     for name, (column, sign) in SCORES.items():
         values = np.array([float(r[column]) for r in rows]) * sign
@@ -75,7 +80,7 @@ def score_bounds(
 
 def _robust_z(values: np.ndarray, k: float) -> np.ndarray:
     """Robust z of the log-scores against the folder's clipped median and scale at ``k``."""
-    logs = np.log(np.clip(values, 1e-12, None))
+    logs = np.log(values)  # positive: folder_cuts leaves out scores with any value <= 0
     med, scale = clipped_median_scale(logs, k)
     return (logs - med) / scale if scale > 0 else np.zeros_like(logs)
 
@@ -84,7 +89,7 @@ def folder_cuts(
     rows: Sequence[dict[str, str]], injected: set[str], ks: Sequence[float]
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Share of defects removed and good images kept by the robust cut at each ``k`` (A, U, A or U)."""
-    labels = np.array([int(Path(r["path"]).resolve().as_posix() in injected) for r in rows])
+    labels = _labels(rows, injected)
     columns = {"mean A": "mean_score", "mean U": "mean_uncertainty"}
     values = {n: np.array([float(r[c]) for r in rows]) for n, c in columns.items()}
     values = {n: v for n, v in values.items() if np.isfinite(v).all() and (v > 0).all()}
@@ -114,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "csv": str(args.csv),
         "n": len(rows),
-        "injected": sum(Path(r["path"]).resolve().as_posix() in injected for r in rows),
+        "injected": int(_labels(rows, injected).sum()),
         "scores": score_bounds(rows, injected, kept),
         "folder_cuts": folder_cuts(rows, injected, [float(x) for x in args.k.split(",") if x.strip()]),
     }

@@ -189,11 +189,11 @@ def _run_alpha(
     if filtered or any(registry[base_method(m)].needs_ssfilter_run for m in todo):
         t0 = time.perf_counter()
         ctx.ssfilter_model = train_run(cfg, "ssfilter", train, folder / "ssfilter", progress, resume)
+        ctx.ssfilter_seconds = round(time.perf_counter() - t0, 1)
         # The shared run records its data and split, as `ssfilter train --noise` does: `ssfilter filter
         # --run RUN` and `ssfilter evaluate --run RUN` then rebuild the same noisy training and test sets.
         write_data_record(folder / "ssfilter", category.path, len(train), category.format)
         split.save(folder / "ssfilter" / NOISE_SPLIT_FILE)
-        ctx.ssfilter_seconds = round(time.perf_counter() - t0, 1)
         summary = folder / "ssfilter" / FILTER_SUMMARY_FILE
         ctx.ssfilter_in_batch = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None
     if filtered:
