@@ -42,15 +42,20 @@ def test_reproducible_and_nan_scores_left_out() -> None:
         estimate_contamination([0.1, math.nan])
 
 
-def test_entry_uses_a_and_reports_the_true_share_when_labels_are_known() -> None:
+def test_entry_uses_u_else_a_and_reports_the_true_share_when_labels_are_known() -> None:
     x = _scores(0.1, n=100)
-    recs = [FilterRecord(f"{i}.png", 20, 10, float(s), 0.01, "normal", int(i >= 90)) for i, s in enumerate(x)]
+    flat = np.random.default_rng(1).normal(1.0, 0.01, 100)  # one mode: reads ~0 if it were the score
+    recs = [
+        FilterRecord(f"{i}.png", 20, 10, float(a), float(u), "normal", int(i >= 90))
+        for i, (a, u) in enumerate(zip(flat, x, strict=True))
+    ]
     entry = contamination_entry(recs)
-    assert entry is not None and entry["score"] == "mean A" and entry["true"] == pytest.approx(0.1)
+    assert entry is not None and entry["score"] == "mean U" and entry["true"] == pytest.approx(0.1)
+    assert abs(entry["estimate"] - 0.1) <= 0.05  # U's two modes, not A's one
     recs[0].label = -1
     assert contamination_entry(recs)["true"] is None  # type: ignore[index]
-    no_a = [
-        FilterRecord("a", 1, 1, math.nan, 0.1, "normal"),
-        FilterRecord("b", 1, 1, math.nan, 0.2, "normal"),
+    no_u = [
+        FilterRecord("a", 1, 1, 0.1, math.nan, "normal"),
+        FilterRecord("b", 1, 1, 0.2, math.nan, "normal"),
     ]
-    assert contamination_entry(no_a)["score"] == "mean U"  # type: ignore[index]
+    assert contamination_entry(no_u)["score"] == "mean A"  # type: ignore[index]
