@@ -242,8 +242,8 @@ class Detector:
             uncertainty: The paper's ``"per-batch"`` MC-dropout passes (default) or ``"per-image"`` (fast).
             pool: MC passes per image of the ``"per-image"`` bank (default ``4 K``; more passes come
                 closer to the paper's decisions, see the README).
-            decision: ``"vote"`` (kappa_2) or ``"outlier"`` (a cut over the whole folder); default from
-                ``dataset_filter.decision``.
+            decision: ``"vote"`` (kappa_2), ``"outlier"`` (a cut over the whole folder) or ``"estimate"``
+                (the estimated contamination's share); default from ``dataset_filter.decision``.
             outlier_k: Robust sd of the outlier cut (default ``dataset_filter.outlier_k``).
 
         Returns:

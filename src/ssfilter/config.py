@@ -218,8 +218,9 @@ class DatasetFilterConfig:
     Attributes:
         epochs: Random epochs over the data set, kappa_1 (paper: 20).
         min_keep: An image is normal when kept more than this many times, kappa_2 (paper: 5).
-        decision: ``"vote"`` (the kappa_2 vote) or ``"outlier"`` (a cut over the whole folder at
-            ``outlier_k`` robust sd, :mod:`ssfilter.filtering.folder_decision`).
+        decision: ``"vote"`` (the kappa_2 vote), ``"outlier"`` (a cut over the whole folder at
+            ``outlier_k`` robust sd) or ``"estimate"`` (the estimated contamination's share of the folder,
+            most suspect first); :mod:`ssfilter.filtering.folder_decision`.
     """
 
     epochs: int = 20

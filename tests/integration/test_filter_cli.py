@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from ssfilter.cli import main
 from ssfilter.config import save_config
 
@@ -130,6 +132,23 @@ def test_train_noisy_then_filter_and_export(
         assert r["decision"] == ("anomalous" if float(r["mean_score"]) > cut["threshold"] else "normal")
     assert all("robust z" in r["reason"] for r in c_rows if r["decision"] == "anomalous")
     assert "robust standard deviations" in (tmp_path / "cut" / "report.html").read_text(encoding="utf-8")
+
+    # --decision estimate: the estimated share of the folder goes, highest mean U first
+    assert main([*base, "--out", str(tmp_path / "est"), "--decision", "estimate", "--dry-run"]) == 0
+    doc = json.loads((tmp_path / "est" / "filter.json").read_text())
+    est_cut, est = doc["settings"]["outlier_cut"], doc["contamination"]
+    assert doc["params"]["decision"] == "estimate" and est_cut["score"] == est["score"] == "mean U"
+    assert est_cut["share"] == pytest.approx(est["estimate"])
+    assert doc["n_removed"] == round(est["estimate"] * doc["n"])
+    with (tmp_path / "est" / "filter.csv").open() as fh:
+        e_rows = list(csv.DictReader(fh))
+    for r in e_rows:
+        assert r["decision"] == (
+            "anomalous" if float(r["mean_uncertainty"]) > est_cut["threshold"] else "normal"
+        )
+    assert "estimated share of defective images" in (tmp_path / "est" / "report.html").read_text(
+        encoding="utf-8"
+    )
 
     # --uncertainty per-image --pool N: the bank's size reaches the filter and filter.json
     pool_args = ["--out", str(tmp_path / "pool"), "--uncertainty", "per-image", "--pool", "5", "--dry-run"]

@@ -213,10 +213,11 @@ def _add_filter_scoring(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--decision",
-        choices=("vote", "outlier"),
+        choices=("vote", "outlier", "estimate"),
         default=None,
         help="vote: the paper's kappa_2 vote within batches; outlier: quarantine the images whose mean A "
-        "lies far above the whole folder's (default: the run's dataset_filter.decision)",
+        "lies far above the whole folder's; estimate: quarantine the estimated share of defective images, "
+        "highest mean U first (default: the run's dataset_filter.decision)",
     )
     p.add_argument(
         "--outlier-k",

@@ -37,7 +37,13 @@ import numpy as np
 from ssfilter.data.datasets import LABEL_ANOMALOUS, LABEL_NORMAL
 from ssfilter.filtering.filter_outputs import FilterRecord
 
-__all__ = ["ContaminationEstimate", "contamination_entry", "estimate_contamination", "mixture_share"]
+__all__ = [
+    "ContaminationEstimate",
+    "contamination_entry",
+    "estimate_contamination",
+    "estimate_score",
+    "mixture_share",
+]
 
 #: Minimum distance of the two modes, in pooled standard deviations, for a second mode to count.
 MIN_SEPARATION = 2.0
@@ -188,19 +194,31 @@ def estimate_contamination(
     )
 
 
-def contamination_entry(records: Sequence[FilterRecord]) -> dict[str, Any] | None:
-    """``filter.json``'s ``"contamination"``: the estimate over the records' mean ``U`` (else mean ``A``).
+def estimate_score(records: Sequence[FilterRecord]) -> tuple[str, list[float]] | None:
+    """The score the estimate reads: ``("mean U", values)``, else ``("mean A", values)``; None without.
 
-    Adds ``"true"``, the labelled share of defective images, when every label is known (e.g. the noise
-    benchmark), else None. None when fewer than 2 images have a finite score.
+    A score counts when at least 2 records have a finite value of it.
     """
     for name, values in (
         ("mean U", [r.mean_uncertainty for r in records]),
         ("mean A", [r.mean_score for r in records]),
     ):
         if sum(math.isfinite(v) for v in values) >= 2:
-            out = estimate_contamination(values, score_name=name).to_dict()
-            known = all(r.label in (LABEL_NORMAL, LABEL_ANOMALOUS) for r in records)
-            out["true"] = sum(r.label == LABEL_ANOMALOUS for r in records) / len(records) if known else None
-            return out
+            return name, values
     return None
+
+
+def contamination_entry(records: Sequence[FilterRecord]) -> dict[str, Any] | None:
+    """``filter.json``'s ``"contamination"``: the estimate over :func:`estimate_score` of the records.
+
+    Adds ``"true"``, the labelled share of defective images, when every label is known (e.g. the noise
+    benchmark), else None. None when fewer than 2 images have a finite score.
+    """
+    found = estimate_score(records)
+    if found is None:
+        return None
+    name, values = found
+    out = estimate_contamination(values, score_name=name).to_dict()
+    known = all(r.label in (LABEL_NORMAL, LABEL_ANOMALOUS) for r in records)
+    out["true"] = sum(r.label == LABEL_ANOMALOUS for r in records) / len(records) if known else None
+    return out

@@ -56,7 +56,7 @@ from ssfilter.data.datasets import LABEL_ANOMALOUS, LABEL_NORMAL, LABEL_UNKNOWN,
 from ssfilter.data.tile_dataset import dataset_groups, training_dataset
 from ssfilter.filtering.batch_filter import BatchFilter, BatchSelection
 from ssfilter.filtering.filter_outputs import FilterRecord, FilterRecords, decide
-from ssfilter.filtering.folder_decision import DECISIONS, apply_outlier_decision
+from ssfilter.filtering.folder_decision import DECISIONS, apply_estimate_decision, apply_outlier_decision
 from ssfilter.filtering.tile_votes import merge_tile_records
 from ssfilter.filtering.uncertainty_bank import UncertaintyBank
 from ssfilter.models.dinomaly import DinomalyModel
@@ -240,8 +240,8 @@ class DatasetFilter:
         uncertainty: ``"per-image"`` (MC passes once per image, redrawn per batch) or ``"per-batch"``
             (the paper's K fresh passes per batch); see the module docstring.
         pool: Passes per image of the ``"per-image"`` bank (default ``4 K``; at least K).
-        decision: ``"vote"`` or ``"outlier"`` (default ``cfg.dataset_filter.decision``; see
-            :mod:`ssfilter.filtering.folder_decision`).
+        decision: ``"vote"``, ``"outlier"`` or ``"estimate"`` (default ``cfg.dataset_filter.decision``;
+            see :mod:`ssfilter.filtering.folder_decision`).
         outlier_k: The outlier cut's robust sd (default ``cfg.dataset_filter.outlier_k``).
 
     Raises:
@@ -370,8 +370,12 @@ class DatasetFilter:
         else:
             tiles = tally.records([samples[g] for g in groups.tolist()], self.min_keep)
             records = merge_tile_records(tiles, groups, samples, self.min_keep)
-        if self.decision == "outlier":
-            cut = apply_outlier_decision(records, self.outlier_k)
+        if self.decision != "vote":
+            cut = (
+                apply_outlier_decision(records, self.outlier_k)
+                if self.decision == "outlier"
+                else apply_estimate_decision(records)
+            )
             settings["outlier_cut"] = None if cut is None else cut.to_dict()
         return FilterRecords(records, params, settings)
 
@@ -482,7 +486,8 @@ def filter_dataset(
         uncertainty: ``"per-batch"`` (default; the paper's fresh passes in every epoch) or ``"per-image"``
             (MC passes once per image, redrawn per batch; fast, decisions differ).
         pool: Passes per image of the per-image bank (default ``4 K``).
-        decision: ``"vote"`` (kappa_2) or ``"outlier"`` (the folder's cut); default from ``cfg``.
+        decision: ``"vote"`` (kappa_2), ``"outlier"`` (the folder's cut at ``outlier_k``) or ``"estimate"``
+            (the estimated contamination's share); default from ``cfg``.
         outlier_k: Robust sd of the outlier cut (default ``cfg.dataset_filter.outlier_k``).
 
     Returns:

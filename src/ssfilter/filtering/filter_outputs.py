@@ -109,22 +109,26 @@ class FilterRecords(list[FilterRecord]):
 
 @dataclass(frozen=True)
 class OutlierCut:
-    """The folder's cut of ``dataset_filter.decision = "outlier"``: anomalous when ``z(score) > k``.
+    """A folder cut (``dataset_filter.decision`` ``"outlier"`` or ``"estimate"``): anomalous when ``z > k``.
 
-    Made by :func:`ssfilter.filtering.folder_decision.outlier_cut`; recorded in ``filter.json`` under
-    ``settings.outlier_cut`` and read back here to rank the records and say why each was quarantined.
+    Made by :func:`ssfilter.filtering.folder_decision.outlier_cut` or ``estimate_cut``; recorded in
+    ``filter.json`` under ``settings.outlier_cut`` and read back here to rank the records and say why
+    each was quarantined.
 
     Attributes:
         score: Which mean score was cut (``"mean A"`` or ``"mean U"``).
         median: Median of the log-scores.
         scale: ``1.4826 MAD`` of the log-scores (their standard deviation when the MAD is 0).
         k: Robust standard deviations above the median.
+        share: Under ``"estimate"``: the estimated contamination whose share of the images ``k`` cuts off
+            (None under ``"outlier"``, where ``k`` is given).
     """
 
     score: str
     median: float
     scale: float
     k: float
+    share: float | None = None
 
     @property
     def field(self) -> str:
@@ -144,7 +148,7 @@ class OutlierCut:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> OutlierCut:
         """The cut recorded by :meth:`to_dict` (``threshold`` is derived, so it is not read)."""
-        return cls(**{f.name: raw[f.name] for f in fields(cls)})
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -220,19 +224,22 @@ def _reason(r: FilterRecord, z_a: float, z_u: float, min_keep: int | None) -> st
 
 
 def _cut_reason(r: FilterRecord, cut: OutlierCut, z: float) -> str:
-    """Why the folder's outlier cut quarantined ``r``."""
-    return (
-        f"{cut.score} far above the folder's (log robust z {z:.1f} > {cut.k}); "
-        f"kept {r.times_kept} of {r.times_seen} epochs in its batches"
+    """Why the folder's cut quarantined ``r``."""
+    where = (
+        f"{cut.score} far above the folder's (log robust z {z:.1f} > {cut.k})"
+        if cut.share is None
+        else f"{cut.score} among the folder's estimated {100 * cut.share:.1f}% most suspect "
+        f"(log robust z {z:.1f} > {cut.k:.2f})"
     )
+    return f"{where}; kept {r.times_kept} of {r.times_seen} epochs in its batches"
 
 
 def suspicion_order(records: Sequence[FilterRecord], min_keep: int | None = None) -> list[FilterRecord]:
     """Rank the records by suspicion (sets ``rank`` and ``reason``) and return them most suspect first.
 
     Under the paper's vote: fewest keeps first; ties by the mean of the robust z-scores of ``A`` and ``U``
-    over the folder (higher first), then by path. Under the folder's outlier cut (``params["decision"]
-    == "outlier"`` with ``settings["outlier_cut"]``): by the cut's z of the score it cut, highest first,
+    over the folder (higher first), then by path. Under a folder cut (``params["decision"]`` other than
+    ``"vote"``, with ``settings["outlier_cut"]``): by the cut's z of the score it cut, highest first,
     then by path. ``reason`` is set on quarantined records only. ``min_keep`` defaults to the records'
     ``params["min_keep"]``.
     """
@@ -240,7 +247,7 @@ def suspicion_order(records: Sequence[FilterRecord], min_keep: int | None = None
     if min_keep is None:
         min_keep = params.get("min_keep")
     recorded = (getattr(records, "settings", None) or {}).get("outlier_cut")
-    cut = OutlierCut.from_dict(recorded) if params.get("decision") == "outlier" and recorded else None
+    cut = OutlierCut.from_dict(recorded) if params.get("decision", "vote") != "vote" and recorded else None
     z_a = robust_z([r.mean_score for r in records])
     z_u = robust_z([r.mean_uncertainty for r in records])
     z_cut = [cut.z(getattr(r, cut.field)) for r in records] if cut is not None else []

@@ -9,6 +9,13 @@
   rule the run's calibration applies to its training scores -- so a clean folder loses only the
   images far off its typical value, however the batches fell. ``A`` needs no trained decoder; when patch
   scoring is off the mean uncertainty ``U`` is the score.
+* ``"estimate"``: quarantine the share of the folder that the contamination estimate
+  (:mod:`ssfilter.filtering.contamination`) puts in the defective mode, the images with the highest score
+  of that estimate (mean ``U``, else mean ``A``) first. The decision and "how dirty was the folder" then
+  agree by construction, a clean folder (estimate 0) loses nothing, and the cut adapts to each folder
+  where ``"outlier"``'s fixed ``k`` finds nothing on subtle defects (BSData) -- README, "The dataset
+  filter". It is written as an :class:`~ssfilter.filtering.filter_outputs.OutlierCut` whose ``k`` is
+  the robust z where that share begins, so ranking, reasons and report are those of the outlier cut.
 
 The log makes the right-skewed positive scores close to symmetric, so ``k`` means the same on every
 folder; a MAD of 0 (more than half the scores equal) falls back to the standard deviation. Median and
@@ -25,12 +32,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ssfilter.filtering.contamination import OUTLIER_K, estimate_contamination, estimate_score
 from ssfilter.filtering.filter_outputs import FilterRecord, OutlierCut
 
-__all__ = ["DECISIONS", "apply_outlier_decision", "clipped_median_scale", "outlier_cut"]
+__all__ = [
+    "DECISIONS",
+    "apply_estimate_decision",
+    "apply_outlier_decision",
+    "clipped_median_scale",
+    "estimate_cut",
+    "outlier_cut",
+]
 
 #: Values of ``dataset_filter.decision``.
-DECISIONS = ("vote", "outlier")
+DECISIONS = ("vote", "outlier", "estimate")
 #: At most this many rounds of clipping (each only removes images, so it ends much sooner).
 MAX_CLIP_ROUNDS = 50
 
@@ -88,6 +103,44 @@ def _median_scale(logs: np.ndarray) -> tuple[float, float]:
     return med, scale
 
 
+def estimate_cut(records: Sequence[FilterRecord]) -> OutlierCut | None:
+    """The cut that quarantines the estimated contamination of the records' folder; None without scores.
+
+    The images with a finite positive score of :func:`~ssfilter.filtering.contamination.estimate_score`
+    are ordered by it; the estimated share of them (rounded to whole images) from the top is cut off.
+    ``median`` and ``scale`` are the folder's clipped ones at the calibration's ``k`` = 4, ``k`` the z
+    half-way between the last image cut and the first one kept.
+    """
+    found = estimate_score(records)
+    if found is None:
+        return None
+    name, values = found
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x) & (x > 0)]
+    if x.size < 2:
+        return None
+    share = estimate_contamination(x, score_name=name).estimate
+    logs = np.sort(np.log(x))[::-1]
+    med, scale = clipped_median_scale(logs, OUTLIER_K)
+    scale = scale if scale > 0 else 1.0  # all scores equal: any scale places the cut the same
+    m = int(round(share * logs.size))
+    if m == 0:
+        edge = logs[0]  # z > k is strict: nothing lies above the highest score
+    elif m >= logs.size:
+        edge = logs[-1] - scale
+    else:
+        edge = (logs[m - 1] + logs[m]) / 2
+    return OutlierCut(name, med, scale, float((edge - med) / scale), share=float(share))
+
+
+def apply_estimate_decision(records: Sequence[FilterRecord]) -> OutlierCut | None:
+    """Decide every record by :func:`estimate_cut` (sets ``decision``); returns the cut, None without."""
+    cut = estimate_cut(records)
+    if cut is not None:
+        _decide(records, cut)
+    return cut
+
+
 def apply_outlier_decision(records: Sequence[FilterRecord], k: float) -> OutlierCut | None:
     """Decide every record by the folder's cut (sets ``decision``); returns the cut.
 
@@ -95,10 +148,14 @@ def apply_outlier_decision(records: Sequence[FilterRecord], k: float) -> Outlier
     None is returned.
     """
     cut = outlier_cut(records, k)
-    if cut is None:
-        return None
+    if cut is not None:
+        _decide(records, cut)
+    return cut
+
+
+def _decide(records: Sequence[FilterRecord], cut: OutlierCut) -> None:
+    """Anomalous above the cut, normal below; a record without a finite score keeps its decision."""
     for r in records:
         z = cut.z(getattr(r, cut.field))
         if math.isfinite(z):
             r.decision = "anomalous" if z > cut.k else "normal"
-    return cut

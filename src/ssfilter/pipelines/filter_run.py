@@ -122,7 +122,7 @@ def filter_folder(
         progress: Show a progress bar.
         uncertainty: The paper's ``"per-batch"`` MC passes (default) or ``"per-image"`` ones (fast).
         pool: MC passes per image of the ``"per-image"`` bank (default ``4 K``).
-        decision: ``"vote"`` or ``"outlier"`` (default ``cfg.dataset_filter.decision``).
+        decision: ``"vote"``, ``"outlier"`` or ``"estimate"`` (default ``cfg.dataset_filter.decision``).
         outlier_k: The outlier cut's robust sd (default ``cfg.dataset_filter.outlier_k``).
 
     Returns:

@@ -289,7 +289,7 @@ def _keep_histogram(records: Sequence[Any], params: dict[str, Any], known: bool)
         css_class="histogram keep-histogram",
     )
     note = "Images right of the dashed line are kept as normal." if min_keep is not None else ""
-    return figure(svg, note or "The keep counts inform the ranking; the folder's cut on mean A decided.")
+    return figure(svg, note or "The keep counts inform the ranking; the folder's cut decided.")
 
 
 def _filter_charts(records: Sequence[Any], params: dict[str, Any], known: bool) -> str:
@@ -328,7 +328,14 @@ def filter_section(
     params = dict(params if params is not None else getattr(records, "params", {}) or {})
     removed = [r for r in records if r.decision != "normal"]
     known = bool(summary.get("labels_known"))
-    if params.get("decision") == "outlier":
+    cut = (getattr(records, "settings", None) or {}).get("outlier_cut") or {}
+    if params.get("decision") == "estimate":
+        rule = (
+            "the <b>quarantined</b> images are the estimated share of defective images "
+            f"({pct(cut.get('share'))}), those with the highest {escape(cut.get('score', 'score'))} "
+            "first"
+        )
+    elif params.get("decision") == "outlier":
         rule = (
             "an image is <b>quarantined</b> when its mean patch comparison score A lies more than "
             f"{escape(params.get('outlier_k', '?'))} robust standard deviations (log scale) above the whole "

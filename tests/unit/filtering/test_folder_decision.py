@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from ssfilter.filtering.contamination import contamination_entry
 from ssfilter.filtering.filter_outputs import FilterRecord, FilterRecords, suspicion_order
-from ssfilter.filtering.folder_decision import apply_outlier_decision, outlier_cut
+from ssfilter.filtering.folder_decision import apply_estimate_decision, apply_outlier_decision, outlier_cut
 
 
 def _records(scores, labels=None, uncertainty=None) -> FilterRecords:
@@ -87,3 +88,40 @@ def test_suspicion_order_follows_the_cut_with_a_reason() -> None:
     assert all("robust z" in r.reason and "> 4.0" in r.reason for r in ranked[:4])
     assert all(r.reason == "" for r in ranked[4:])
     assert [r.rank for r in ranked] == list(range(1, len(recs) + 1))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.2])
+def test_estimate_decision_quarantines_the_estimated_share_highest_u_first(share: float) -> None:
+    n_defect = int(round(240 * share))
+    u, labels = _folder(240 - n_defect, n_defect, 11)
+    flat_a = np.exp(np.random.default_rng(0).normal(-2.0, 0.3, 240))  # A says nothing here: U decides
+    recs = _records(flat_a, labels, uncertainty=u)
+    recs.params["decision"] = "estimate"
+    cut = apply_estimate_decision(recs)
+    assert cut is not None and cut.score == "mean U"
+    est = contamination_entry(recs)
+    assert est is not None and cut.share == pytest.approx(est["estimate"])  # one estimate, one decision
+    removed = np.array([r.decision == "anomalous" for r in recs])
+    assert removed.sum() == round(cut.share * len(recs))
+    assert (~removed[labels == 0]).mean() >= 0.97
+    if n_defect:
+        assert removed[labels == 1].mean() >= 0.95
+        assert removed.sum() == pytest.approx(n_defect, abs=0.05 * 240)
+    else:
+        assert not removed.any()  # a clean folder loses nothing
+    recs.settings["outlier_cut"] = cut.to_dict()
+    ranked = suspicion_order(recs)
+    assert all(r.decision == "anomalous" for r in ranked[: removed.sum()])
+    assert all("estimated" in r.reason and "most suspect" in r.reason for r in ranked[: removed.sum()])
+    us = [r.mean_uncertainty for r in ranked[: removed.sum() + 1]]
+    assert us == sorted(us, reverse=True)  # highest U first
+
+
+def test_estimate_decision_falls_back_to_a_and_leaves_records_without_scores() -> None:
+    scores, labels = _folder(90, 10, 4)
+    recs = _records(scores, labels)  # no U
+    cut = apply_estimate_decision(recs)
+    assert cut is not None and cut.score == "mean A" and cut.share is not None
+    assert sum(r.decision == "anomalous" for r in recs) == round(cut.share * 100)
+    empty = _records([math.nan] * 3)
+    assert apply_estimate_decision(empty) is None and all(r.decision == "normal" for r in empty)
