@@ -11,7 +11,9 @@ its AUROC and that best recall at each ``q``: a bound set by the scores, not by 
 Next to the bounds it prints what the folder's robust cut (``--decision outlier``: clipped median and
 MAD of the log-scores, :func:`~ssfilter.filtering.folder_decision.clipped_median_scale`) removes and
 keeps at each ``--k`` on mean ``A``, on mean ``U`` and on either of them, so that a fixed rule can be read
-against its bound on every run without choosing ``k`` on any one of them.
+against its bound on every run without choosing ``k`` on any one of them. Last, ``decisions``: what the
+run's own decision (the ``decision`` column) and ``--decision estimate`` (re-decided here from the same
+scores) removed and kept, and the contamination estimate next to the true share.
 
 Example (the README's dataset filter section)::
 
@@ -30,10 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from ssfilter.data.noise import NoiseSplit
-from ssfilter.filtering.folder_decision import clipped_median_scale
+from ssfilter.filtering.contamination import contamination_entry
+from ssfilter.filtering.filter_outputs import FilterRecord
+from ssfilter.filtering.folder_decision import apply_estimate_decision, clipped_median_scale
 from ssfilter.io import read_csv_rows
 
-__all__ = ["best_recall", "folder_cuts", "main", "score_bounds"]
+__all__ = ["best_recall", "decisions", "folder_cuts", "main", "score_bounds"]
 
 #: Scores of a filter.csv, higher = more suspect (the keep count is negated: fewer keeps = more suspect).
 SCORES = {
@@ -105,16 +109,52 @@ def folder_cuts(
     return out
 
 
+def decisions(rows: Sequence[dict[str, str]], injected: set[str]) -> dict[str, dict[str, float | None]]:
+    """Removed / kept of the recorded decision and of ``"estimate"``, and the estimate vs the truth."""
+    labels = _labels(rows, injected)
+    records = [
+        FilterRecord(
+            r["path"],
+            int(r["times_seen"]),
+            int(r["times_kept"]),
+            float(r["mean_score"]),
+            float(r["mean_uncertainty"]),
+            "normal",
+            label=int(y),
+        )
+        for r, y in zip(rows, labels, strict=True)
+    ]
+    est = contamination_entry(records)
+    apply_estimate_decision(records)
+    flags = {
+        "recorded": np.array([r["decision"] == "anomalous" for r in rows]),
+        "estimate": np.array([r.decision == "anomalous" for r in records]),
+    }
+    out: dict[str, dict[str, float | None]] = {
+        name: {
+            "removed": float(cut[labels == 1].mean()) if (labels == 1).any() else None,
+            "kept": float((~cut[labels == 0]).mean()) if (labels == 0).any() else None,
+        }
+        for name, cut in flags.items()
+    }
+    if est is not None:
+        out["contamination"] = {k: est[k] for k in ("estimate", "low", "high", "true")}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the bounds of one filter run as JSON; see the module docstring."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.filter_bounds", description=__doc__)
     p.add_argument("--csv", type=Path, required=True, help="a dataset filter's filter.csv")
-    p.add_argument("--split", type=Path, required=True, help="the noise_split.json of the filtered set")
+    p.add_argument(
+        "--split", type=Path, default=None, help="noise_split.json of the filtered set (none: clean)"
+    )
     p.add_argument("--kept", default="0.93,0.95,0.97", help="comma separated shares of good images kept")
     p.add_argument("--k", default="3,4,5", help="comma separated k of the folder's robust cut")
     args = p.parse_args(argv)
     rows = read_csv_rows(args.csv)
-    injected = {Path(x).resolve().as_posix() for x in NoiseSplit.load(args.split).injected}
+    split = NoiseSplit.load(args.split) if args.split is not None else None
+    injected = {Path(x).resolve().as_posix() for x in split.injected} if split is not None else set()
     kept = [float(x) for x in args.kept.split(",") if x.strip()]
     result = {
         "csv": str(args.csv),
@@ -122,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "injected": int(_labels(rows, injected).sum()),
         "scores": score_bounds(rows, injected, kept),
         "folder_cuts": folder_cuts(rows, injected, [float(x) for x in args.k.split(",") if x.strip()]),
+        "decisions": decisions(rows, injected),
     }
     print(json.dumps(result, indent=1))
     return 0

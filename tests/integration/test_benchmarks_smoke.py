@@ -254,3 +254,29 @@ def test_filter_bounds_folder_cuts_remove_far_outliers_and_keep_the_bulk(tmp_pat
     assert cuts["mean U"]["k=4"]["removed"] == 0.0
     assert cuts["mean A or mean U"]["k=4"]["removed"] == 1.0
     assert cuts["mean A or mean U"]["k=4"]["kept"] <= cuts["mean U"]["k=4"]["kept"]
+
+
+def test_filter_bounds_decisions_compare_the_recorded_and_the_estimate_decision(tmp_path: Path) -> None:
+    import numpy as np
+
+    from benchmarks.filter_bounds import decisions
+
+    rng = np.random.default_rng(1)
+    # 90 good images, 10 defects with U in a second mode far above; the recorded decision cut 3 good ones.
+    u = np.concatenate([np.exp(rng.normal(0.0, 0.1, 90)), np.exp(rng.normal(1.5, 0.1, 10))])
+    rows = [
+        {
+            "path": str(tmp_path / f"{i}.png"),
+            "times_seen": "20",
+            "times_kept": "10",
+            "mean_score": "nan",
+            "mean_uncertainty": str(x),
+            "decision": "anomalous" if i < 3 or i >= 90 else "normal",
+        }
+        for i, x in enumerate(u)
+    ]
+    injected = {(tmp_path / f"{i}.png").resolve().as_posix() for i in range(90, 100)}
+    out = decisions(rows, injected)
+    assert out["recorded"] == {"removed": 1.0, "kept": 87 / 90}
+    assert out["estimate"]["removed"] == 1.0 and out["estimate"]["kept"] >= 0.97
+    assert out["contamination"]["true"] == 0.1 and abs(out["contamination"]["estimate"] - 0.1) <= 0.02
