@@ -24,9 +24,12 @@ from ssfilter.config import save_config
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")
 
-# Runs ssfilter's CLI after slowing down one stage; touches MARKER when the stage is entered.
+# Runs ssfilter's CLI after slowing down one stage; touches MARKER when the stage is entered. Ctrl-C is
+# re-armed first: a shell without job control starts background jobs with SIGINT ignored, and Python
+# keeps an ignored SIGINT ignored, so a test runner launched that way would never see the interrupt.
 HOOKED_CLI = r"""
-import os, sys, time, pathlib
+import os, signal, sys, time, pathlib
+signal.signal(signal.SIGINT, signal.default_int_handler)
 marker, stage = pathlib.Path(sys.argv[1]), sys.argv[2]
 if stage == "filter":
     from ssfilter.filtering import batch_filter
