@@ -56,7 +56,7 @@ from ssfilter.data.datasets import LABEL_ANOMALOUS, LABEL_NORMAL, LABEL_UNKNOWN,
 from ssfilter.data.tile_dataset import dataset_groups, training_dataset
 from ssfilter.filtering.batch_filter import BatchFilter, BatchSelection
 from ssfilter.filtering.filter_outputs import FilterRecord, FilterRecords, decide
-from ssfilter.filtering.folder_decision import DECISIONS, apply_estimate_decision, apply_outlier_decision
+from ssfilter.filtering.folder_decision import DECISIONS, FOLDER_CUTS
 from ssfilter.filtering.tile_votes import merge_tile_records
 from ssfilter.filtering.uncertainty_bank import UncertaintyBank
 from ssfilter.models.dinomaly import DinomalyModel
@@ -370,12 +370,9 @@ class DatasetFilter:
         else:
             tiles = tally.records([samples[g] for g in groups.tolist()], self.min_keep)
             records = merge_tile_records(tiles, groups, samples, self.min_keep)
-        if self.decision != "vote":
-            cut = (
-                apply_outlier_decision(records, self.outlier_k)
-                if self.decision == "outlier"
-                else apply_estimate_decision(records)
-            )
+        apply_cut = FOLDER_CUTS.get(self.decision)
+        if apply_cut is not None:
+            cut = apply_cut(records, self.outlier_k)
             settings["outlier_cut"] = None if cut is None else cut.to_dict()
         return FilterRecords(records, params, settings)
 

@@ -28,7 +28,7 @@ with the mean and standard deviation, which the defective images pull, and on bo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from ssfilter.filtering.filter_outputs import FilterRecord, OutlierCut
 
 __all__ = [
     "DECISIONS",
+    "FOLDER_CUTS",
     "apply_estimate_decision",
     "apply_outlier_decision",
     "clipped_median_scale",
@@ -44,8 +45,6 @@ __all__ = [
     "outlier_cut",
 ]
 
-#: Values of ``dataset_filter.decision``.
-DECISIONS = ("vote", "outlier", "estimate")
 #: At most this many rounds of clipping (each only removes images, so it ends much sooner).
 MAX_CLIP_ROUNDS = 50
 
@@ -115,11 +114,11 @@ def estimate_cut(records: Sequence[FilterRecord]) -> OutlierCut | None:
     if found is None:
         return None
     name, values = found
+    share = estimate_contamination(values, score_name=name).estimate  # contamination_entry's own call
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x) & (x > 0)]
     if x.size < 2:
         return None
-    share = estimate_contamination(x, score_name=name).estimate
     logs = np.sort(np.log(x))[::-1]
     med, scale = clipped_median_scale(logs, OUTLIER_K)
     scale = scale if scale > 0 else 1.0  # all scores equal: any scale places the cut the same
@@ -159,3 +158,14 @@ def _decide(records: Sequence[FilterRecord], cut: OutlierCut) -> None:
         z = cut.z(getattr(r, cut.field))
         if math.isfinite(z):
             r.decision = "anomalous" if z > cut.k else "normal"
+
+
+#: The decisions made over the whole folder, by name: each sets ``decision`` on every record it can
+#: judge and returns its cut (for ``filter.json``); called with the records and ``outlier_k``.
+FOLDER_CUTS: dict[str, Callable[[Sequence[FilterRecord], float], OutlierCut | None]] = {
+    "outlier": apply_outlier_decision,
+    "estimate": lambda records, _k: apply_estimate_decision(records),  # the estimate sets the cut
+}
+#: Values of ``dataset_filter.decision``: the kappa_2 vote (already made by the keep counts), then the
+#: folder cuts.
+DECISIONS = ("vote", *FOLDER_CUTS)

@@ -125,3 +125,15 @@ def test_estimate_decision_falls_back_to_a_and_leaves_records_without_scores() -
     assert sum(r.decision == "anomalous" for r in recs) == round(cut.share * 100)
     empty = _records([math.nan] * 3)
     assert apply_estimate_decision(empty) is None and all(r.decision == "normal" for r in empty)
+
+
+def test_the_cli_offers_exactly_the_decisions() -> None:
+    import argparse
+
+    from ssfilter.cli.parser import build_parser
+    from ssfilter.filtering.folder_decision import DECISIONS
+
+    # The parser spells the names out (importing this module there would load torch for `--help`).
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    action = next(a for a in sub.choices["filter"]._actions if "--decision" in a.option_strings)
+    assert tuple(action.choices) == DECISIONS
