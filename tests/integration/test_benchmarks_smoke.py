@@ -280,3 +280,26 @@ def test_filter_bounds_decisions_compare_the_recorded_and_the_estimate_decision(
     assert out["recorded"] == {"removed": 1.0, "kept": 87 / 90}
     assert out["estimate"]["removed"] == 1.0 and out["estimate"]["kept"] >= 0.97
     assert out["contamination"]["true"] == 0.1 and abs(out["contamination"]["estimate"] - 0.1) <= 0.02
+
+
+def test_folder_knn_probe_scores_every_image_against_other_images(synthetic_mvtec: Path, capsys) -> None:
+    import json
+
+    import torch
+
+    from benchmarks.bench_folder_knn import folder_scores
+    from benchmarks.bench_folder_knn import main as bench_main
+
+    torch.manual_seed(0)
+    # An image whose patches all differ from the others' scores highest; its own copy is never a match.
+    desc = torch.randn(1, 4, 8).repeat(6, 1, 1) + 0.01 * torch.randn(6, 4, 8)
+    desc[2] = torch.randn(4, 8)
+    scores = folder_scores(desc, references=3)
+    for k, v in scores.items():
+        assert v.shape == (6,) and int(v.argmax()) == 2, k
+    argv = ["--data", str(synthetic_mvtec), "--noise", "0.5", "--references", "4", "--crop", "56"]
+    assert bench_main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["n"] == 8 + 3 and out["references"] == 4
+    for k in ("k1", "k3"):
+        assert 0.0 <= out[k]["auroc"] <= 1.0 and 0.0 <= out[k]["removed_at_93_kept"] <= 1.0
