@@ -173,6 +173,7 @@ def _filter(
             cfg,
             epochs=epochs,
             min_keep=max(0, epochs // 2 - 1),
+            decision="vote",  # the paper protocol's vote: its decisions are what the rows compare
             device=ctx.device,
             progress=False,
             cache_features=cache,

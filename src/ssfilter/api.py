@@ -225,15 +225,16 @@ class Detector:
     ) -> dict[str, Any]:
         """Filter a whole training set with the trained model (paper §3.6).
 
-        ``epochs`` (kappa_1) random epochs of the in-batch filter; normal when kept more than ``min_keep``
-        (kappa_2) times. The outputs, their order and guarantees are those of
+        ``epochs`` (kappa_1) random epochs of the in-batch filter score every image; by default the
+        estimated share of defective images is quarantined, highest mean ``U`` first (``decision``). The
+        outputs, their order and guarantees are those of
         :func:`~ssfilter.pipelines.filter_run.filter_folder`; the input folder is never modified.
 
         Args:
             data: Folder to filter; default: the run's training set (with its injected noise, if any).
             out: Output folder for ``filter.csv`` and ``filter.json``.
             epochs: kappa_1 (default ``dataset_filter.epochs``, 20).
-            min_keep: kappa_2 (default ``dataset_filter.min_keep``, 5).
+            min_keep: kappa_2 of ``decision="vote"`` (default ``dataset_filter.min_keep``, 5).
             export_clean: Folder to receive the kept images (must not exist or be empty).
             progress: Show a progress bar.
             overwrite: Replace the results of an earlier filter in ``out``.
@@ -242,8 +243,9 @@ class Detector:
             uncertainty: The paper's ``"per-batch"`` MC-dropout passes (default) or ``"per-image"`` (fast).
             pool: MC passes per image of the ``"per-image"`` bank (default ``4 K``; more passes come
                 closer to the paper's decisions, see the README).
-            decision: ``"vote"`` (kappa_2), ``"outlier"`` (a cut over the whole folder) or ``"estimate"``
-                (the estimated contamination's share); default from ``dataset_filter.decision``.
+            decision: ``"estimate"`` (the estimated contamination's share), ``"vote"`` (the paper's
+                kappa_2 vote) or ``"outlier"`` (a cut over the whole folder); default from
+                ``dataset_filter.decision`` (``"estimate"`` for runs trained since 2026-12-02).
             outlier_k: Robust sd of the outlier cut (default ``dataset_filter.outlier_k``).
 
         Returns:

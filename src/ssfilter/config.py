@@ -218,14 +218,15 @@ class DatasetFilterConfig:
     Attributes:
         epochs: Random epochs over the data set, kappa_1 (paper: 20).
         min_keep: An image is normal when kept more than this many times, kappa_2 (paper: 5).
-        decision: ``"vote"`` (the kappa_2 vote), ``"outlier"`` (a cut over the whole folder at
-            ``outlier_k`` robust sd) or ``"estimate"`` (the estimated contamination's share of the folder,
-            most suspect first); :mod:`ssfilter.filtering.folder_decision`.
+        decision: ``"estimate"`` (default: the estimated contamination's share of the folder, most
+            suspect first), ``"vote"`` (the paper's kappa_2 vote) or ``"outlier"`` (a cut over the whole
+            folder at ``outlier_k`` robust sd); :mod:`ssfilter.filtering.folder_decision`. The default
+            since 2026-12-02 (README, "The dataset filter"); runs saved before keep ``"vote"``.
     """
 
     epochs: int = 20
     min_keep: int = 5
-    decision: str = "vote"
+    decision: str = "estimate"
     outlier_k: float = 4.0
 
 

@@ -186,7 +186,7 @@ def test_filter_benchmark_compares_per_image_with_a_written_paper_run(
     # The paper protocol's decisions, written by the CLI (same images, same seed as the benchmark's).
     paper = tmp_path / "paper"
     assert cli_main(["filter", "--run", str(run), "--out", str(paper), "--epochs", "3", "--min-keep", "0",
-                     "--dry-run", "-q"]) == 0  # fmt: skip
+                     "--decision", "vote", "--dry-run", "-q"]) == 0  # fmt: skip
     common = ["--run", str(run), "--epochs", "3", "--min-keep", "0", "--pools", "3"]
     assert bench_main(common) == 0
     ran = _last_document(capsys.readouterr().out)

@@ -55,6 +55,8 @@ def test_train_noisy_then_filter_and_export(
             "4",
             "--min-keep",
             "1",
+            "--decision",
+            "vote",
             "--export-clean",
             str(clean),
             "--device",
@@ -87,7 +89,7 @@ def test_train_noisy_then_filter_and_export(
 
     # --dry-run: the lists and the report only, even with --export-clean / --quarantine given
     dry, planned_clean, planned_review = tmp_path / "dry", tmp_path / "clean2", tmp_path / "review2"
-    base = ["-q", "filter", "--run", str(run), "--epochs", "4", "--min-keep", "1", "--device", "cpu"]
+    base = ["-q", "filter", "--run", str(run), "--epochs", "4", "--device", "cpu"]
     dry_args = ["--out", str(dry), "--export-clean", str(planned_clean), "--quarantine", str(planned_review)]
     assert main([*base, *dry_args, "--dry-run"]) == 0
     assert not planned_clean.exists() and not planned_review.exists()
@@ -96,6 +98,7 @@ def test_train_noisy_then_filter_and_export(
     assert {"filter.csv", "filter.json", "report.html"} <= written
     doc = json.loads((dry / "filter.json").read_text())
     assert doc["dry_run"] is True and "export_clean" not in doc and "quarantine" not in doc
+    assert doc["params"]["decision"] == "estimate"  # the default, with no --min-keep needed at 4 epochs
     assert doc["export_clean_planned"]["images"] == doc["n_kept"]
     assert doc["quarantine_planned"]["images"] == doc["n_removed"]
     est = doc["contamination"]
@@ -104,7 +107,7 @@ def test_train_noisy_then_filter_and_export(
 
     # --quarantine: the suspects, most suspect first, for review
     review = tmp_path / "review"
-    strict = [*base[:-4], "--min-keep", "3", "--device", "cpu"]  # kept in all 4 epochs: some suspects
+    strict = [*base, "--decision", "vote", "--min-keep", "3"]  # kept in all 4 epochs: some suspects
     assert main([*strict, "--out", str(tmp_path / "q"), "--quarantine", str(review)]) == 0
     with (tmp_path / "q" / "filter.csv").open() as fh:
         q_rows = list(csv.DictReader(fh))

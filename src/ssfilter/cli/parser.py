@@ -168,7 +168,10 @@ def _add_filter(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder for filter.csv and filter.json")
     p.add_argument("--epochs", type=int, default=None, help="random epochs kappa_1 (default 20)")
     p.add_argument(
-        "--min-keep", type=int, default=None, help="normal when kept more than this often (default 5)"
+        "--min-keep",
+        type=int,
+        default=None,
+        help="with --decision vote: normal when kept more than this often (default 5)",
     )
     p.add_argument(
         "--export-clean", type=Path, default=None, help="lay out the kept images as a training folder"
@@ -215,9 +218,10 @@ def _add_filter_scoring(p: argparse.ArgumentParser) -> None:
         "--decision",
         choices=("vote", "outlier", "estimate"),
         default=None,
-        help="vote: the paper's kappa_2 vote within batches; outlier: quarantine the images whose mean A "
-        "lies far above the whole folder's; estimate: quarantine the estimated share of defective images, "
-        "highest mean U first (default: the run's dataset_filter.decision)",
+        help="estimate: quarantine the estimated share of defective images, highest mean U first; vote: "
+        "the paper's kappa_2 vote within batches; outlier: quarantine the images whose mean A lies far above "
+        "the whole folder's (default: the run's dataset_filter.decision, estimate for runs trained since "
+        "2026-12-02)",
     )
     p.add_argument(
         "--outlier-k",

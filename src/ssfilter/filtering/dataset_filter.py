@@ -268,6 +268,7 @@ class DatasetFilter:
             raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, got {self.decision!r}")
         if not self.outlier_k > 0:
             raise ValueError(f"outlier_k must be positive, got {self.outlier_k}")
+        _warn_unused(self.decision, min_keep=min_keep, outlier_k=outlier_k)
         passes = cfg.batch_filter.mc_passes
         if uncertainty not in UNCERTAINTY_MODES:
             raise ValueError(
@@ -283,6 +284,9 @@ class DatasetFilter:
             raise ValueError(f"pool must be at least the MC passes K = {passes}, got {self.pool}")
         self.epochs = cfg.dataset_filter.epochs if epochs is None else int(epochs)
         self.min_keep = cfg.dataset_filter.min_keep if min_keep is None else int(min_keep)
+        if min_keep is None and self.decision != "vote":
+            # kappa_2 only orders the interim vote here; a short filter (--epochs 2) needs no --min-keep.
+            self.min_keep = max(0, min(self.min_keep, self.epochs - 1))
         self.seed = cfg.train.seed if seed is None else int(seed)
         if self.epochs < 1:
             raise ValueError(f"epochs (kappa1) must be at least 1, got {self.epochs}")
@@ -447,6 +451,17 @@ class DatasetFilter:
             )
         finally:
             bar.close()
+
+
+def _warn_unused(decision: str, **given: float | None) -> None:
+    """Warn about a setting given for another decision rule than ``decision``: it has no effect."""
+    for name, applies in (("min_keep", "vote"), ("outlier_k", "outlier")):
+        if given.get(name) is not None and decision != applies:
+            warnings.warn(
+                f"{name} only applies to decision={applies!r}; decision is {decision!r}, so it has no "
+                "effect (choose the decision with --decision / dataset_filter.decision)",
+                stacklevel=4,
+            )
 
 
 def filter_dataset(

@@ -181,6 +181,8 @@ def demo_config(weights: str | None = None, settings: DemoSettings | None = None
     cfg.batch_filter.keep_ratio = s.keep_ratio
     cfg.batch_filter.uncertainty = s.uncertainty
     cfg.dataset_filter.epochs, cfg.dataset_filter.min_keep = s.filter_epochs, s.filter_min_keep
+    # The paper's vote: the default estimate reads mean U, which the demo's 80 iterations cannot train.
+    cfg.dataset_filter.decision = "vote"
     return cfg
 
 

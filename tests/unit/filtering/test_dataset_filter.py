@@ -50,6 +50,7 @@ def cfg():
     cfg.batch_filter.cold_start_iters = 3
     cfg.batch_filter.mc_passes = 3
     cfg.dataset_filter.epochs, cfg.dataset_filter.min_keep = EPOCHS, 1
+    cfg.dataset_filter.decision = "vote"  # these tests check the kappa_2 vote itself
     return cfg
 
 
@@ -184,6 +185,19 @@ def test_plan_counts_every_image_once_per_epoch_in_order_and_is_seeded(cfg) -> N
     assert all(len(p.indices) == cfg.data.batch_size for p in plan)
     assert plan == DatasetFilter(cfg, epochs=3, min_keep=1, seed=5).plan(10)
     assert plan != DatasetFilter(cfg, epochs=3, min_keep=1, seed=6).plan(10)
+
+
+def test_settings_of_another_decision_warn_and_a_short_filter_needs_no_kappa2(cfg) -> None:
+    est, vote = cfg.copy(), cfg.copy()
+    est.dataset_filter.decision = "estimate"  # the default
+    est.dataset_filter.min_keep = vote.dataset_filter.min_keep = 5  # the paper's kappa_2
+    with pytest.warns(UserWarning, match="min_keep only applies to decision='vote'"):
+        DatasetFilter(est, epochs=3, min_keep=1)
+    with pytest.warns(UserWarning, match="outlier_k only applies to decision='outlier'"):
+        DatasetFilter(cfg, epochs=3, min_keep=1, outlier_k=2.0)
+    assert DatasetFilter(est, epochs=2).min_keep == 1  # kappa_2 = 5 clamped below kappa_1
+    with pytest.raises(ValueError, match="min_keep"):
+        DatasetFilter(vote, epochs=2)  # the vote needs kappa_2 < kappa_1
 
 
 def test_vote_tally_matches_hand_counts() -> None:
