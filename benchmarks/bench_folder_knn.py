@@ -32,6 +32,7 @@ from ssfilter.config import get_preset
 from ssfilter.coverage import resolve_coverage
 from ssfilter.data.formats import resolve_category
 from ssfilter.data.tile_dataset import training_dataset
+from ssfilter.filtering.patch_scoring import image_scores
 from ssfilter.training.checkpoint import build_model
 
 __all__ = ["folder_scores", "main"]
@@ -43,21 +44,19 @@ KS = (1, 3)
 @torch.no_grad()
 def folder_scores(desc: torch.Tensor, references: int, seed: int = 0) -> dict[int, np.ndarray]:
     """Image scores of ``desc [N, HW, D]`` against ``references`` random other images each, per ``k``."""
-    n, hw, d = desc.shape
+    n, _, d = desc.shape
     desc = F.normalize(desc.float(), dim=-1)
     m = min(references, n - 1)
-    top = max(1, int(hw * 0.01))
     gen = torch.Generator().manual_seed(seed)
-    out: dict[int, list[float]] = {k: [] for k in KS}
+    patches: dict[int, list[torch.Tensor]] = {k: [] for k in KS}
     for i in range(n):
         others = torch.randperm(n - 1, generator=gen)[:m]
         others = others + (others >= i).long()  # skip image i itself
         sim = desc[i] @ desc[others].reshape(-1, d).T
         best = sim.topk(min(max(KS), sim.shape[1]), dim=1).values
         for k in KS:
-            patch = 1 - best[:, :k].mean(dim=1)
-            out[k].append(float(patch.topk(top).values.mean()))
-    return {k: np.asarray(v) for k, v in out.items()}
+            patches[k].append(1 - best[:, :k].mean(dim=1))
+    return {k: image_scores(torch.stack(v)).numpy() for k, v in patches.items()}
 
 
 @torch.no_grad()
@@ -104,8 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "patches": int(desc.shape[1]),
         "truth": float(labels.mean()),
     }
+    both = 0 < labels.sum() < labels.size
     for k, v in scores.items():
-        both = 0 < labels.sum() < labels.size
         out[f"k{k}"] = {
             "auroc": float(roc_auc_score(labels, v)) if both else None,
             "removed_at_93_kept": best_recall(v, labels, 0.93) if both else None,
