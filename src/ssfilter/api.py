@@ -218,7 +218,7 @@ class Detector:
         overwrite: bool = False,
         quarantine: str | Path | None = None,
         dry_run: bool = False,
-        uncertainty: str = "per-batch",
+        uncertainty: str | None = None,
         pool: int | None = None,
         decision: str | None = None,
         outlier_k: float | None = None,
@@ -240,9 +240,10 @@ class Detector:
             overwrite: Replace the results of an earlier filter in ``out``.
             quarantine: Folder to receive the suspects for review (must not exist or be empty).
             dry_run: Write the lists and the report only, no folder.
-            uncertainty: The paper's ``"per-batch"`` MC-dropout passes (default) or ``"per-image"`` (fast).
-            pool: MC passes per image of the ``"per-image"`` bank (default ``4 K``; more passes come
-                closer to the paper's decisions, see the README).
+            uncertainty: The paper's ``"per-batch"`` MC-dropout passes or ``"per-image"`` (fast); default
+                ``dataset_filter.uncertainty`` (``"per-batch"``).
+            pool: MC passes per image of the ``"per-image"`` bank (default ``dataset_filter.pool``, else
+                ``4 K``; more passes come closer to the paper's decisions, see the README).
             decision: ``"estimate"`` (the estimated contamination's share), ``"vote"`` (the paper's
                 kappa_2 vote) or ``"outlier"`` (a cut over the whole folder); default from
                 ``dataset_filter.decision`` (``"estimate"`` for runs trained since 2026-12-02).

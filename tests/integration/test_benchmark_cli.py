@@ -16,7 +16,8 @@ def test_parse_methods() -> None:
         "ssfilter",
         "patchcore+filter",
     ]
-    for bad in ("", "ssfilter+filter", "resnet", "patchcore+clean"):
+    assert parse_methods("ssfilter+filter") == ["ssfilter+filter"]  # the second pass
+    for bad in ("", "resnet", "patchcore+clean", "ssfilter+filter+filter"):
         with pytest.raises(ValueError):
             parse_methods(bad)
 
@@ -72,6 +73,37 @@ def test_benchmark_cli_end_to_end(tmp_path: Path, synthetic_mvtec: Path, tiny_co
     assert "<td>patchcore+filter</td>" in page and "Dataset-level filter (per alpha)" in page
 
 
+def test_benchmark_second_pass_trains_a_fresh_ssfilter_run_on_the_kept_images(
+    tmp_path: Path, synthetic_mvtec: Path, tiny_config
+) -> None:
+    from ssfilter.io import read_csv_rows
+
+    tiny_config.train.iters = 2
+    tiny_config.dataset_filter.epochs = 2
+    tiny_config.dataset_filter.min_keep = 1  # normal only when kept in both epochs
+    cfg = tmp_path / "cfg.yaml"
+    save_config(tiny_config, cfg)
+    out = tmp_path / "bench"
+    args = ["-q", "benchmark", "--data", str(synthetic_mvtec), "--alphas", "0.25", "--overlap"]
+    args += ["--methods", "ssfilter,ssfilter+filter", "--config", str(cfg), "--out", str(out)]
+    args += ["--set", "dataset_filter.uncertainty=per-image", "--set", "dataset_filter.decision=vote"]
+    assert main(args) == 0
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    alpha = out / "alpha_0.25"
+    decisions = [r["decision"] for r in read_csv_rows(alpha / "filter" / "filter.csv")]
+    # The filter ran with the config's per-image uncertainty; the vote quarantined at least one image.
+    settings = json.loads((alpha / "filter" / "filter.json").read_text())["settings"]
+    assert settings["uncertainty"] == "per-image"
+    assert 0 < decisions.count("normal") < len(decisions)
+    assert rows["ssfilter"]["n_train"] == len(decisions)
+    assert rows["ssfilter+filter"]["n_train"] == decisions.count("normal")
+    assert rows["ssfilter+filter"]["filter"]["noise_rate_before"] == 0.2
+    # A second run of its own, next to the shared first pass.
+    assert (alpha / "ssfilter+filter" / "model.safetensors").is_file()
+    assert (alpha / "ssfilter" / "model.safetensors").is_file()
+    assert rows["ssfilter+filter"]["metrics"]["I-AUROC"] is not None
+
+
 def test_results_markdown_mean_column() -> None:
     rows = [
         {"method": "a", "alpha": 0.0, "metrics": {"I-AUROC": 0.9, "P-AUPRO": 0.8}, "filter": None},
@@ -118,7 +150,7 @@ def test_method_registry_follows_the_baseline_registry() -> None:
     names = method_names()
     assert names[:4] == ["ssfilter", "dinomaly", "patchcore", "softpatch"]
     assert {"dinomaly+filter", "patchcore+filter", "softpatch+filter"} <= set(names)
-    assert "ssfilter+filter" not in names
+    assert "ssfilter+filter" in names
     assert parse_methods("softpatch, softpatch+filter") == ["softpatch", "softpatch+filter"]
     register_baseline("newbaseline")(type("NewBaseline", (), {}))
     try:  # a registered baseline is a benchmark method, with and without the filter

@@ -201,17 +201,18 @@ def _add_filter_scoring(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--uncertainty",
         choices=("per-image", "per-batch"),
-        default="per-batch",
-        help="MC-dropout passes per batch in every epoch (default, the paper's protocol) or 4K passes once "
-        "per image, u redrawn per batch from their spread (about 4x faster on a CPU; decisions close to "
-        "the paper's, not equal: see the README)",
+        default=None,
+        help="MC-dropout passes per batch in every epoch (the paper's protocol) or 4K passes once per image, "
+        "u redrawn per batch from their spread (about 4x faster on a CPU; decisions close to the paper's, "
+        "not equal: see the README); default: the run's dataset_filter.uncertainty (per-batch)",
     )
     p.add_argument(
         "--pool",
         type=int,
         default=None,
         metavar="N",
-        help="with --uncertainty per-image: MC-dropout passes per image in the bank (default 4K; at least "
+        help="with --uncertainty per-image: MC-dropout passes per image in the bank (default: the run's "
+        "dataset_filter.pool, else 4K; at least "
         "K; larger comes closer to the paper's decisions and costs more)",
     )
     p.add_argument(
@@ -261,7 +262,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--methods",
         default="ssfilter,dinomaly",
-        help="comma separated: ssfilter, dinomaly, patchcore, softpatch; X+filter for any X but ssfilter",
+        help="comma separated: ssfilter, dinomaly, patchcore, softpatch; X+filter: X trained on the images "
+        "the SSFilter run's dataset filter kept (ssfilter+filter: a second SSFilter pass)",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder (results.json, results.md, runs)")
     p.add_argument(

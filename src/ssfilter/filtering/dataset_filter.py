@@ -238,8 +238,11 @@ class DatasetFilter:
             ``cfg.dataset_filter.min_keep``).
         seed: Seed of permutations, padding and dropout masks (default ``cfg.train.seed``).
         uncertainty: ``"per-image"`` (MC passes once per image, redrawn per batch) or ``"per-batch"``
-            (the paper's K fresh passes per batch); see the module docstring.
-        pool: Passes per image of the ``"per-image"`` bank (default ``4 K``; at least K).
+            (the paper's K fresh passes per batch); see the module docstring. Default
+            ``cfg.dataset_filter.uncertainty``.
+        pool: Passes per image of the ``"per-image"`` bank (at least K; default
+            ``cfg.dataset_filter.pool``, else ``4 K``). Given here with ``"per-batch"`` it is an error; in the
+            config it only applies to ``"per-image"``.
         decision: ``"vote"``, ``"outlier"`` or ``"estimate"`` (default ``cfg.dataset_filter.decision``;
             see :mod:`ssfilter.filtering.folder_decision`).
         outlier_k: The outlier cut's robust sd (default ``cfg.dataset_filter.outlier_k``).
@@ -256,7 +259,7 @@ class DatasetFilter:
         epochs: int | None = None,
         min_keep: int | None = None,
         seed: int | None = None,
-        uncertainty: str = "per-batch",
+        uncertainty: str | None = None,
         pool: int | None = None,
         decision: str | None = None,
         outlier_k: float | None = None,
@@ -270,6 +273,7 @@ class DatasetFilter:
             raise ValueError(f"outlier_k must be positive, got {self.outlier_k}")
         _warn_unused(self.decision, min_keep=min_keep, outlier_k=outlier_k)
         passes = cfg.batch_filter.mc_passes
+        uncertainty = cfg.dataset_filter.uncertainty if uncertainty is None else uncertainty
         if uncertainty not in UNCERTAINTY_MODES:
             raise ValueError(
                 f"uncertainty must be one of {', '.join(UNCERTAINTY_MODES)}, got {uncertainty!r}"
@@ -279,6 +283,7 @@ class DatasetFilter:
             raise ValueError(
                 f"pool sets the per-image bank; it has no effect with uncertainty={uncertainty!r}"
             )
+        pool = cfg.dataset_filter.pool if pool is None else pool
         self.pool = POOL_PER_PASS * passes if pool is None else int(pool)
         if self.pool < passes:
             raise ValueError(f"pool must be at least the MC passes K = {passes}, got {self.pool}")
@@ -476,7 +481,7 @@ def filter_dataset(
     cache_features: bool = True,
     seed: int | None = None,
     cache_bytes: int = 4 << 30,
-    uncertainty: str = "per-batch",
+    uncertainty: str | None = None,
     pool: int | None = None,
     decision: str | None = None,
     outlier_k: float | None = None,
@@ -495,9 +500,10 @@ def filter_dataset(
         cache_features: Encode each image once and reuse its features across epochs.
         seed: Seed of permutations, padding and dropout masks (default ``cfg.train.seed``).
         cache_bytes: Memory budget of the feature cache; beyond it features are recomputed.
-        uncertainty: ``"per-batch"`` (default; the paper's fresh passes in every epoch) or ``"per-image"``
-            (MC passes once per image, redrawn per batch; fast, decisions differ).
-        pool: Passes per image of the per-image bank (default ``4 K``).
+        uncertainty: ``"per-batch"`` (the paper's fresh passes in every epoch) or ``"per-image"`` (MC
+            passes once per image, redrawn per batch; fast, decisions differ); default
+            ``cfg.dataset_filter.uncertainty``.
+        pool: Passes per image of the per-image bank (default ``cfg.dataset_filter.pool``, else ``4 K``).
         decision: ``"vote"`` (kappa_2), ``"outlier"`` (the folder's cut at ``outlier_k``) or ``"estimate"``
             (the estimated contamination's share); default from ``cfg``.
         outlier_k: Robust sd of the outlier cut (default ``cfg.dataset_filter.outlier_k``).

@@ -6,7 +6,7 @@ method is trained on it and evaluated with the same metrics. The methods come fr
 (:mod:`ssfilter.pipelines.methods`: dinomaly, ssfilter and every registered baseline). ``X+filter``
 trains X on the images that a trained SSFilter kept when filtering that noisy training set (paper §3.6,
 Table 1 lower half); the SSFilter run and its filter decisions are shared by all ``+filter`` methods of an
-alpha.
+alpha. ``ssfilter+filter`` is SSFilter's own second pass: a fresh SSFilter run on those kept images.
 
 Outputs in ``out``: ``results.json`` (``{"rows": [{"method", "alpha", "overlap", "metrics", "filter"}]}``),
 ``results.md`` (I-AUROC/P-AUPRO per alpha and their mean, like the paper's tables, plus the
@@ -203,7 +203,7 @@ def _run_alpha(
         t0 = time.perf_counter()
         method = registry[base_method(name)]
         samples = kept if name.endswith(FILTER_SUFFIX) else train
-        metrics = method.run(ctx, samples, folder / name)
+        metrics = method.runner(name.endswith(FILTER_SUFFIX))(ctx, samples, folder / name)
         save(
             {
                 "method": name,

@@ -97,7 +97,7 @@ def filter_folder(
     source_root: str | os.PathLike[str] | None = None,
     report: bool = True,
     progress: bool = True,
-    uncertainty: str = "per-batch",
+    uncertainty: str | None = None,
     pool: int | None = None,
     decision: str | None = None,
     outlier_k: float | None = None,
@@ -120,8 +120,10 @@ def filter_folder(
         source_root: The data root the kept images' relative layout is taken from.
         report: Also write ``report.html`` (the demo writes a combined page of its own).
         progress: Show a progress bar.
-        uncertainty: The paper's ``"per-batch"`` MC passes (default) or ``"per-image"`` ones (fast).
-        pool: MC passes per image of the ``"per-image"`` bank (default ``4 K``).
+        uncertainty: The paper's ``"per-batch"`` MC passes or ``"per-image"`` ones (fast); default
+            ``cfg.dataset_filter.uncertainty``.
+        pool: MC passes per image of the ``"per-image"`` bank (default ``cfg.dataset_filter.pool``, else
+            ``4 K``).
         decision: ``"vote"``, ``"outlier"`` or ``"estimate"`` (default ``cfg.dataset_filter.decision``).
         outlier_k: The outlier cut's robust sd (default ``cfg.dataset_filter.outlier_k``).
 

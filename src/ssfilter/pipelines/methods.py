@@ -5,7 +5,8 @@ A method trains or fits on a training list and returns the SPEC §8 metrics on t
 * every other training method (:mod:`ssfilter.training.methods`: ``dinomaly``, ...), trained on the list and
   evaluated with :func:`~ssfilter.evaluation.evaluate.evaluate_model`;
 * ``ssfilter``: the SSFilter run that the benchmark trains once per noise level and shares with the
-  dataset-level filter (so ``ssfilter+filter`` is not a method: SSFilter filters by itself);
+  dataset-level filter; ``ssfilter+filter`` is a second pass: a fresh SSFilter run trained on the images
+  that the shared run's filter kept;
 * every registered baseline (:mod:`ssfilter.baselines`: ``patchcore``, ``softpatch``, ...), fitted
   with its defaults on the run's encoder and evaluated with
   :func:`~ssfilter.evaluation.evaluate.evaluate_baseline`. A new baseline appears here by itself.
@@ -76,12 +77,19 @@ class Method:
         run: ``run(ctx, train_samples, run_dir) -> metrics``.
         filterable: Whether ``name+filter`` is a method too.
         needs_ssfilter_run: The method uses the shared SSFilter run (whose training time its row counts).
+        refit: How ``name+filter`` trains on the kept images, where ``run`` does not train (``ssfilter``
+            evaluates the shared run); ``None``: ``run`` on the kept images.
     """
 
     name: str
     run: Callable[[MethodContext, Sequence[Sample], Path], Metrics]
     filterable: bool = True
     needs_ssfilter_run: bool = False
+    refit: Callable[[MethodContext, Sequence[Sample], Path], Metrics] | None = None
+
+    def runner(self, filtered: bool) -> Callable[[MethodContext, Sequence[Sample], Path], Metrics]:
+        """What runs ``name`` (``filtered``: ``name+filter``, on the kept images)."""
+        return self.refit if filtered and self.refit is not None else self.run
 
 
 def train_run(
@@ -153,7 +161,7 @@ def method_registry() -> dict[str, Method]:
     from ssfilter.training.methods import list_methods
 
     methods = [
-        Method("ssfilter", _run_ssfilter, filterable=False, needs_ssfilter_run=True),
+        Method("ssfilter", _run_ssfilter, needs_ssfilter_run=True, refit=_trained_runner("ssfilter")),
         *(Method(name, _trained_runner(name)) for name in list_methods() if name != "ssfilter"),
         *(Method(name, _baseline_runner(name)) for name in baseline_names()),
     ]

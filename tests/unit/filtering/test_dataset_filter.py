@@ -241,6 +241,21 @@ def test_uncertainty_modes_are_recorded_and_differ_only_in_u(model, cfg, samples
         filter_dataset(model, samples, cfg, progress=False, pool=6)
 
 
+def test_uncertainty_mode_and_pool_come_from_the_config(model, cfg, samples) -> None:
+    from ssfilter.filtering.dataset_filter import DatasetFilter
+
+    c = cfg.copy()
+    c.dataset_filter.uncertainty, c.dataset_filter.pool = "per-image", 2 * c.batch_filter.mc_passes
+    from_cfg = DatasetFilter(c)
+    assert (from_cfg.uncertainty, from_cfg.pool) == ("per-image", 2 * c.batch_filter.mc_passes)
+    # An argument overrides the config (the CLI's --uncertainty / --pool).
+    assert DatasetFilter(c, pool=c.batch_filter.mc_passes).pool == c.batch_filter.mc_passes
+    assert DatasetFilter(c, uncertainty="per-batch").uncertainty == "per-batch"  # the config's pool is moot
+    c.dataset_filter.uncertainty = "per-epoch"
+    with pytest.raises(ValueError, match="uncertainty"):
+        DatasetFilter(c)
+
+
 @pytest.fixture(scope="module")
 def clean_folder(tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
     """60 good images of a synthetic texture, no defect at all."""
