@@ -285,7 +285,7 @@ class DatasetFilter:
             )
         pool = cfg.dataset_filter.pool if pool is None else pool
         self.pool = POOL_PER_PASS * passes if pool is None else int(pool)
-        if self.pool < passes:
+        if uncertainty == "per-image" and self.pool < passes:
             raise ValueError(f"pool must be at least the MC passes K = {passes}, got {self.pool}")
         self.epochs = cfg.dataset_filter.epochs if epochs is None else int(epochs)
         self.min_keep = cfg.dataset_filter.min_keep if min_keep is None else int(min_keep)

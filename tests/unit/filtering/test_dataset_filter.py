@@ -251,6 +251,10 @@ def test_uncertainty_mode_and_pool_come_from_the_config(model, cfg, samples) -> 
     # An argument overrides the config (the CLI's --uncertainty / --pool).
     assert DatasetFilter(c, pool=c.batch_filter.mc_passes).pool == c.batch_filter.mc_passes
     assert DatasetFilter(c, uncertainty="per-batch").uncertainty == "per-batch"  # the config's pool is moot
+    c.dataset_filter.pool = 1
+    DatasetFilter(c, uncertainty="per-batch")  # ... even when it would be too small for the bank
+    with pytest.raises(ValueError, match="pool"):
+        DatasetFilter(c)
     c.dataset_filter.uncertainty = "per-epoch"
     with pytest.raises(ValueError, match="uncertainty"):
         DatasetFilter(c)
