@@ -202,15 +202,16 @@ def _run_alpha(
     for name in todo:
         t0 = time.perf_counter()
         method = registry[base_method(name)]
-        samples = kept if name.endswith(FILTER_SUFFIX) else train
-        metrics = method.runner(name.endswith(FILTER_SUFFIX))(ctx, samples, folder / name)
+        on_kept = name.endswith(FILTER_SUFFIX)
+        samples = kept if on_kept else train
+        metrics = method.runner(on_kept)(ctx, samples, folder / name)
         save(
             {
                 "method": name,
                 "alpha": alpha,
                 "overlap": overlap,
                 "metrics": metrics,
-                "filter": filter_stats if name.endswith(FILTER_SUFFIX) else None,
+                "filter": filter_stats if on_kept else None,
                 "in_batch_filter": ctx.ssfilter_in_batch if name == "ssfilter" else None,
                 "n_train": len(samples),
                 "seconds": round(time.perf_counter() - t0, 1)

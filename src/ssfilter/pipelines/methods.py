@@ -75,7 +75,6 @@ class Method:
     Attributes:
         name: The name ``--methods`` uses.
         run: ``run(ctx, train_samples, run_dir) -> metrics``.
-        filterable: Whether ``name+filter`` is a method too.
         needs_ssfilter_run: The method uses the shared SSFilter run (whose training time its row counts).
         refit: How ``name+filter`` trains on the kept images, where ``run`` does not train (``ssfilter``
             evaluates the shared run); ``None``: ``run`` on the kept images.
@@ -83,7 +82,6 @@ class Method:
 
     name: str
     run: Callable[[MethodContext, Sequence[Sample], Path], Metrics]
-    filterable: bool = True
     needs_ssfilter_run: bool = False
     refit: Callable[[MethodContext, Sequence[Sample], Path], Metrics] | None = None
 
@@ -171,7 +169,7 @@ def method_registry() -> dict[str, Method]:
 def method_names() -> list[str]:
     """Every valid ``--methods`` entry: the registered methods, then their ``+filter`` variants."""
     registry = method_registry()
-    return [*registry, *(f"{m.name}{FILTER_SUFFIX}" for m in registry.values() if m.filterable)]
+    return [*registry, *(f"{name}{FILTER_SUFFIX}" for name in registry)]
 
 
 def base_method(name: str) -> str:
